@@ -1,0 +1,32 @@
+# keygate — see README.md.
+GO      ?= go
+BIN     ?= bin/keygate
+DATA    ?= ./keygate-data
+export KEYGATE_OPERATOR_TOKEN ?= dev-operator-token
+
+.PHONY: build run test bench fmt lint
+
+build:
+	$(GO) build -o $(BIN) ./cmd/keygate
+
+# Start the gateway on the embedded default: Pebble in $(DATA), a demo
+# upstream on :9000, the gateway on :8080 and the admin API on :8081.
+run: build
+	@mkdir -p $(DATA)
+	@echo "keygate: gateway http://127.0.0.1:8080  admin http://127.0.0.1:8081  storage $(DATA)"
+	@echo "operator token: $$KEYGATE_OPERATOR_TOKEN   (next steps: README.md, 'First key')"
+	KEYGATE_STORAGE=$(DATA) $(BIN) run --config Caddyfile.example --adapter caddyfile
+
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./store/ ./caddymodule/
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...

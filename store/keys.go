@@ -1,0 +1,677 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// pKeyOwner indexes keys by owner for the per-user limit and delete-all.
+//
+//	ko/<tenant>/<owner>/<key id> → current secret hash
+const pKeyOwner = "ko/"
+
+// MaxGracePeriod bounds how long a rotated-out secret may keep working.
+const MaxGracePeriod = 30 * 24 * time.Hour
+
+// KeyInput creates a key.
+type KeyInput struct {
+	Name        string     `json:"name"`
+	Description string     `json:"description"`
+	Group       string     `json:"group"`
+	ExpiresAt   *time.Time `json:"expires_at"`
+	IPAllowlist []string   `json:"ip_allowlist"`
+}
+
+// KeyPatch edits a key's metadata. ExpiresAt is only here to be refused by
+// name: expiry changes by rotating.
+type KeyPatch struct {
+	Name        Opt[string]   `json:"name"`
+	Description Opt[string]   `json:"description"`
+	Group       Opt[string]   `json:"group"`
+	IPAllowlist Opt[[]string] `json:"ip_allowlist"`
+	ExpiresAt   Opt[any]      `json:"expires_at"`
+}
+
+// RotateInput rotates a key. Both fields are optional.
+type RotateInput struct {
+	ExpiresAt   *time.Time `json:"expires_at"`
+	GracePeriod *Duration  `json:"grace_period"`
+}
+
+// KeyQuery filters ListKeys.
+type KeyQuery struct {
+	Q           string // substring of name, id or owner (case-insensitive)
+	Status      string
+	ExpiryState string
+	Owner       string
+	Group       string
+	Limit       int
+	Cursor      string // id of the last key of the previous page
+}
+
+// KeyPage is one page of ListKeys.
+type KeyPage struct {
+	Keys       []*Key `json:"keys"`
+	NextCursor string `json:"next_cursor"`
+	Total      int    `json:"total"` // keys matching the query, all pages
+	Count      int    `json:"-"`     // tenant keys (the "2" of "2/10 keys")
+	Limit      *int   `json:"-"`     // tenant key_limit (the "10")
+}
+
+func (s *Store) checkExpiry(f fieldErrors, field string, exp *time.Time, st *Settings, now time.Time) *time.Time {
+	if exp == nil {
+		if st.MaxExpiration != nil {
+			d := now.Add(time.Duration(*st.MaxExpiration))
+			return &d
+		}
+		return nil
+	}
+	e := exp.UTC()
+	if !e.After(now) {
+		f.add(field, "must be in the future")
+	} else if st.MaxExpiration != nil && e.After(now.Add(time.Duration(*st.MaxExpiration))) {
+		f.add(field, fmt.Sprintf("must be at most %s from now (the tenant's max_expiration)", time.Duration(*st.MaxExpiration)))
+	}
+	return &e
+}
+
+func (s *Store) checkGroupExists(f fieldErrors, tenant, group string) {
+	if group == "" {
+		return
+	}
+	if _, err := s.GetGroup(tenant, group); err != nil {
+		f.add("group", fmt.Sprintf("no group %q in this tenant", truncate(group, 64)))
+	}
+}
+
+// CreateKey creates a key owned by owner. The secret is returned here and
+// never again; only its hash is stored.
+func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, string, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	trec, err := s.tenantRecord(tenant)
+	if err != nil {
+		return nil, "", err
+	}
+	st := &trec.Settings
+	if !st.APIKeysEnabled {
+		return nil, "", &Error{Kind: KindDisabled, Code: "api_keys_disabled", Message: fmt.Sprintf("API keys are disabled for tenant %q", tenant)}
+	}
+	now := s.now().UTC()
+	f := fieldErrors{}
+	checkText(f, "name", in.Name, NameMin, NameMax)
+	checkText(f, "description", in.Description, 0, DescriptionMax)
+	checkID(f, "owner", owner)
+	s.checkGroupExists(f, tenant, in.Group)
+	exp := s.checkExpiry(f, "expires_at", in.ExpiresAt, st, now)
+	allow := parseAllowlist(f, "ip_allowlist", in.IPAllowlist)
+	if err := f.err(); err != nil {
+		return nil, "", err
+	}
+	count, err := s.countTenantKeys(tenant)
+	if err != nil {
+		return nil, "", err
+	}
+	if trec.KeyLimit != nil && count >= *trec.KeyLimit {
+		return nil, "", &Error{Kind: KindLimit, Code: "key_limit_reached", Message: fmt.Sprintf("tenant %q has reached its limit of %d keys", tenant, *trec.KeyLimit)}
+	}
+	active, err := s.countActiveOwnerKeys(tenant, owner, now)
+	if err != nil {
+		return nil, "", err
+	}
+	if active >= st.MaxKeysPerUser {
+		return nil, "", &Error{Kind: KindLimit, Code: "key_limit_reached", Message: fmt.Sprintf("%q already has %d active keys (max_keys_per_user is %d)", owner, active, st.MaxKeysPerUser)}
+	}
+
+	secret := NewSecret(KeyPrefix)
+	h := s.hasher.hash(secret)
+	rec := &keyRecord{
+		ID: newID("key", now), Tenant: tenant, Name: in.Name, Description: in.Description, Owner: owner,
+		Group: in.Group, IPAllowlist: allow, Hint: Hint(secret), CreatedAt: now, UpdatedAt: now, ExpiresAt: exp,
+	}
+	var b Batch
+	s.putKey(&b, rec, h)
+	s.event(&b, now, tenant, "key.created", actor, rec.ID, map[string]any{"name": rec.Name, "owner": owner, "group": rec.Group, "expires_at": exp})
+	if err := s.apply(&b); err != nil {
+		return nil, "", err
+	}
+	s.addKeyCount(tenant, 1)
+	return s.keyView(rec, st, now, nil), secret, nil
+}
+
+// putKey writes the record and every index pointing at its hash.
+func (s *Store) putKey(b *Batch, rec *keyRecord, h SecretHash) {
+	b.Set(hashKey(pKeyHash, h), mustJSON(rec))
+	b.Set(k(pKeyID+rec.ID), h[:])
+	b.Set(k(pKeyTenant+rec.Tenant, rec.ID), h[:])
+	b.Set(k(pKeyOwner+rec.Tenant, rec.Owner, rec.ID), h[:])
+}
+
+// loadKey reads a key of the tenant by id; another tenant's id is not found.
+func (s *Store) loadKey(tenant, id string) (*keyRecord, SecretHash, error) {
+	var h SecretHash
+	raw, err := s.kv.Get(k(pKeyID + id))
+	if errors.Is(err, errKVNotFound) || (err == nil && len(raw) != len(h)) {
+		return nil, h, notFound("key", id)
+	}
+	if err != nil {
+		return nil, h, fmt.Errorf("read key: %w", err)
+	}
+	copy(h[:], raw)
+	var rec keyRecord
+	if err := s.getJSON(hashKey(pKeyHash, h), &rec); err != nil {
+		return nil, h, fmt.Errorf("read key %s: %w", id, err)
+	}
+	if rec.Tenant != tenant {
+		return nil, h, notFound("key", id)
+	}
+	return &rec, h, nil
+}
+
+func (s *Store) settingsOf(tenant string) (*Settings, error) {
+	trec, err := s.tenantRecord(tenant)
+	if err != nil {
+		return nil, err
+	}
+	return &trec.Settings, nil
+}
+
+// GetKey returns a key of the tenant, with its last use.
+func (s *Store) GetKey(tenant, id string) (*Key, error) {
+	st, err := s.settingsOf(tenant)
+	if err != nil {
+		return nil, err
+	}
+	rec, _, err := s.loadKey(tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	u, err := s.usageRecord(id)
+	if err != nil {
+		return nil, err
+	}
+	return s.keyView(rec, st, s.now(), u), nil
+}
+
+// keyView is the public form of a record at time now.
+func (s *Store) keyView(rec *keyRecord, st *Settings, now time.Time, u *usageRecord) *Key {
+	key := &Key{
+		ID: rec.ID, Tenant: rec.Tenant, Name: rec.Name, Description: rec.Description, Owner: rec.Owner,
+		Group: rec.Group, IPAllowlist: rec.IPAllowlist, CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt,
+		ExpiresAt: rec.ExpiresAt, RevokedAt: rec.RevokedAt, Hint: rec.Hint,
+		Status: StatusActive, ExpiryState: ExpiryValid,
+	}
+	if key.IPAllowlist == nil {
+		key.IPAllowlist = []string{}
+	}
+	if rec.RevokedBy != "" {
+		by := rec.RevokedBy
+		key.RevokedBy = &by
+	}
+	if rec.ExpiresAt != nil {
+		switch {
+		case !now.Before(*rec.ExpiresAt):
+			key.ExpiryState = ExpiryExpired
+		case rec.ExpiresAt.Sub(now) <= time.Duration(st.ExpiringSoonWindow):
+			key.ExpiryState = ExpiryExpiringSoon
+		}
+	}
+	switch {
+	case rec.RevokedAt != nil:
+		key.Status = StatusRevoked
+	case key.ExpiryState == ExpiryExpired:
+		key.Status = StatusExpired
+	}
+	if lu := s.usage.lastUse(rec.ID); lu != nil {
+		t, ip := lu.at.UTC(), lu.ip
+		key.LastUsedAt, key.LastUsedIP = &t, &ip
+	} else if u != nil && u.LastUsedAt != nil {
+		t, ip := *u.LastUsedAt, u.LastUsedIP
+		key.LastUsedAt, key.LastUsedIP = &t, &ip
+	}
+	return key
+}
+
+// ListKeys searches and filters a tenant's keys, in creation order.
+func (s *Store) ListKeys(tenant string, q KeyQuery) (*KeyPage, error) {
+	f := fieldErrors{}
+	switch q.Status {
+	case "", StatusActive, StatusRevoked, StatusExpired:
+	default:
+		f.add("status", "must be active, revoked or expired")
+	}
+	switch q.ExpiryState {
+	case "", ExpiryValid, ExpiryExpiringSoon, ExpiryExpired:
+	default:
+		f.add("expiry_state", "must be valid, expiring_soon or expired")
+	}
+	if q.Limit < 0 || q.Limit > MaxPageLimit {
+		f.add("limit", fmt.Sprintf("must be 1–%d", MaxPageLimit))
+	}
+	if err := f.err(); err != nil {
+		return nil, err
+	}
+	trec, err := s.tenantRecord(tenant)
+	if err != nil {
+		return nil, err
+	}
+	limit := pageLimit(q.Limit)
+	now := s.now()
+	needle := strings.ToLower(q.Q)
+	page := &KeyPage{Keys: []*Key{}, Limit: trec.KeyLimit}
+	var pageErr error
+	err = s.scanTenantKeys(tenant, func(rec *keyRecord) bool {
+		page.Count++
+		if q.Owner != "" && rec.Owner != q.Owner || q.Group != "" && rec.Group != q.Group {
+			return true
+		}
+		if needle != "" && !strings.Contains(strings.ToLower(rec.Name), needle) &&
+			!strings.Contains(strings.ToLower(rec.ID), needle) && !strings.Contains(strings.ToLower(rec.Owner), needle) {
+			return true
+		}
+		key := s.keyView(rec, &trec.Settings, now, nil)
+		if q.Status != "" && key.Status != q.Status || q.ExpiryState != "" && key.ExpiryState != q.ExpiryState {
+			return true
+		}
+		page.Total++
+		if q.Cursor != "" && rec.ID <= q.Cursor {
+			return true
+		}
+		if len(page.Keys) < limit {
+			if key.LastUsedAt == nil {
+				u, err := s.usageRecord(rec.ID)
+				if err != nil {
+					pageErr = err
+					return false
+				}
+				if u != nil && u.LastUsedAt != nil {
+					t, ip := *u.LastUsedAt, u.LastUsedIP
+					key.LastUsedAt, key.LastUsedIP = &t, &ip
+				}
+			}
+			page.Keys = append(page.Keys, key)
+		} else if page.NextCursor == "" {
+			page.NextCursor = page.Keys[len(page.Keys)-1].ID
+		}
+		return true
+	})
+	if err == nil {
+		err = pageErr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return page, nil
+}
+
+// scanTenantKeys calls fn for every key record of the tenant in id order.
+func (s *Store) scanTenantKeys(tenant string, fn func(*keyRecord) bool) error {
+	var inner error
+	err := s.kv.Scan([]byte(pKeyTenant+tenant+"/"), nil, func(_, v []byte) bool {
+		var h SecretHash
+		if len(v) != len(h) {
+			inner = fmt.Errorf("bad key index entry")
+			return false
+		}
+		copy(h[:], v)
+		var rec keyRecord
+		if inner = s.getJSON(hashKey(pKeyHash, h), &rec); inner != nil {
+			return false
+		}
+		return fn(&rec)
+	})
+	if err == nil {
+		err = inner
+	}
+	if err != nil {
+		return fmt.Errorf("scan keys of %s: %w", tenant, err)
+	}
+	return nil
+}
+
+// countTenantKeys counts a tenant's (non-deleted) keys, once from the store,
+// then from memory kept up to date by create and delete.
+func (s *Store) countTenantKeys(tenant string) (int, error) {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if n, ok := s.keyCounts[tenant]; ok {
+		return n, nil
+	}
+	n := 0
+	if err := s.kv.Scan([]byte(pKeyTenant+tenant+"/"), nil, func(_, _ []byte) bool { n++; return true }); err != nil {
+		return 0, fmt.Errorf("count keys: %w", err)
+	}
+	if s.keyCounts == nil {
+		s.keyCounts = map[string]int{}
+	}
+	s.keyCounts[tenant] = n
+	return n, nil
+}
+
+func (s *Store) addKeyCount(tenant string, d int) {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if n, ok := s.keyCounts[tenant]; ok {
+		s.keyCounts[tenant] = n + d
+	}
+}
+
+func (s *Store) ownerKeys(tenant, owner string) ([]*keyRecord, error) {
+	var hashes []SecretHash
+	if err := s.kv.Scan(k(pKeyOwner+tenant, owner, ""), nil, func(_, v []byte) bool {
+		var h SecretHash
+		copy(h[:], v)
+		hashes = append(hashes, h)
+		return true
+	}); err != nil {
+		return nil, fmt.Errorf("scan keys of owner: %w", err)
+	}
+	out := make([]*keyRecord, 0, len(hashes))
+	for _, h := range hashes {
+		var rec keyRecord
+		if err := s.getJSON(hashKey(pKeyHash, h), &rec); err != nil {
+			return nil, fmt.Errorf("read key: %w", err)
+		}
+		out = append(out, &rec)
+	}
+	return out, nil
+}
+
+func (s *Store) countActiveOwnerKeys(tenant, owner string, now time.Time) (int, error) {
+	recs, err := s.ownerKeys(tenant, owner)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, r := range recs {
+		if r.RevokedAt == nil && (r.ExpiresAt == nil || now.Before(*r.ExpiresAt)) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// UpdateKey edits name, description, group and allowlist. The secret and
+// the expiry are untouched; the gateway sees the change on the next request.
+func (s *Store) UpdateKey(actor, tenant, id string, p KeyPatch) (*Key, error) {
+	f := fieldErrors{}
+	if p.ExpiresAt.Set {
+		f.add("expires_at", "cannot be edited; rotate the key to set a new expiry")
+	}
+	if p.Name.Set {
+		if p.Name.Null {
+			f.add("name", "must not be null")
+		} else {
+			checkText(f, "name", p.Name.Value, NameMin, NameMax)
+		}
+	}
+	if p.Description.Set && !p.Description.Null {
+		checkText(f, "description", p.Description.Value, 0, DescriptionMax)
+	}
+	var allow []string
+	if p.IPAllowlist.Set && !p.IPAllowlist.Null {
+		allow = parseAllowlist(f, "ip_allowlist", p.IPAllowlist.Value)
+	}
+	if p.Group.Set && !p.Group.Null {
+		s.checkGroupExists(f, tenant, p.Group.Value)
+	}
+	if err := f.err(); err != nil {
+		return nil, err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	st, err := s.settingsOf(tenant)
+	if err != nil {
+		return nil, err
+	}
+	rec, h, err := s.loadKey(tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	var changed []string
+	if p.Name.Set {
+		rec.Name = p.Name.Value
+		changed = append(changed, "name")
+	}
+	if p.Description.Set {
+		rec.Description = p.Description.Value
+		changed = append(changed, "description")
+	}
+	if p.Group.Set {
+		rec.Group = p.Group.Value
+		changed = append(changed, "group")
+	}
+	if p.IPAllowlist.Set {
+		rec.IPAllowlist = allow
+		changed = append(changed, "ip_allowlist")
+	}
+	now := s.now().UTC()
+	rec.UpdatedAt = now
+	var b Batch
+	b.Set(hashKey(pKeyHash, h), mustJSON(rec))
+	if rec.PrevHash != nil {
+		// Rewrite the grace record unchanged so that caches holding the
+		// rotated-out secret's view (built from this record) drop it too.
+		if raw, err := s.kv.Get(hashKey(pKeyHash, *rec.PrevHash)); err == nil {
+			b.Set(hashKey(pKeyHash, *rec.PrevHash), raw)
+		}
+	}
+	s.event(&b, now, tenant, "key.updated", actor, id, map[string]any{"fields": changed})
+	if err := s.apply(&b); err != nil {
+		return nil, err
+	}
+	return s.keyView(rec, st, now, nil), nil
+}
+
+// RotateKey gives the key a new secret; the old one stops working at once,
+// or after in.GracePeriod. Without expires_at the old expiry is kept, unless
+// it has passed, when the tenant default applies.
+func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, string, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	st, err := s.settingsOf(tenant)
+	if err != nil {
+		return nil, "", err
+	}
+	rec, oldHash, err := s.loadKey(tenant, id)
+	if err != nil {
+		return nil, "", err
+	}
+	now := s.now().UTC()
+	f := fieldErrors{}
+	var grace time.Duration
+	if in.GracePeriod != nil {
+		grace = time.Duration(*in.GracePeriod)
+		if grace < 0 || grace > MaxGracePeriod {
+			f.add("grace_period", fmt.Sprintf("must be from 0s to %s", MaxGracePeriod))
+		}
+	}
+	exp := rec.ExpiresAt
+	if in.ExpiresAt != nil || exp != nil && !exp.After(now) {
+		exp = s.checkExpiry(f, "expires_at", in.ExpiresAt, st, now)
+	}
+	if err := f.err(); err != nil {
+		return nil, "", err
+	}
+	if rec.RevokedAt != nil {
+		return nil, "", conflict("key %q is revoked; a revoked key cannot be rotated", id)
+	}
+	secret := NewSecret(KeyPrefix)
+	h := s.hasher.hash(secret)
+	var b Batch
+	if rec.PrevHash != nil {
+		b.Delete(hashKey(pKeyHash, *rec.PrevHash))
+		rec.PrevHash, rec.PrevUntil = nil, nil
+	}
+	if grace > 0 {
+		until := now.Add(grace)
+		b.Set(hashKey(pKeyHash, oldHash), mustJSON(&keyRecord{ID: id, GraceOf: &h, GraceUntil: &until, CreatedAt: rec.CreatedAt, UpdatedAt: now}))
+		rec.PrevHash, rec.PrevUntil = &oldHash, &until
+	} else {
+		b.Delete(hashKey(pKeyHash, oldHash))
+	}
+	rec.ExpiresAt = exp
+	rec.Hint = Hint(secret)
+	rec.UpdatedAt = now
+	s.putKey(&b, rec, h)
+	s.event(&b, now, tenant, "key.rotated", actor, id, map[string]any{"grace_period": Duration(grace), "expires_at": exp})
+	if err := s.apply(&b); err != nil {
+		return nil, "", err
+	}
+	return s.keyView(rec, st, now, nil), secret, nil
+}
+
+// revokeInto adds the revocation of rec to b. Only active keys can be revoked.
+func (s *Store) revokeInto(b *Batch, rec *keyRecord, h SecretHash, actor string, now time.Time) error {
+	if rec.RevokedAt != nil {
+		return conflict("key %q is already revoked", rec.ID)
+	}
+	if rec.ExpiresAt != nil && !now.Before(*rec.ExpiresAt) {
+		return conflict("key %q has expired; only active keys can be revoked", rec.ID)
+	}
+	rec.RevokedAt, rec.RevokedBy, rec.UpdatedAt = &now, actor, now
+	if rec.PrevHash != nil { // the grace secret dies with the key
+		b.Delete(hashKey(pKeyHash, *rec.PrevHash))
+		rec.PrevHash, rec.PrevUntil = nil, nil
+	}
+	b.Set(hashKey(pKeyHash, h), mustJSON(rec))
+	s.event(b, now, rec.Tenant, "key.revoked", actor, rec.ID, nil)
+	return nil
+}
+
+// RevokeKey revokes a key permanently. When it returns, the gateway rejects
+// the key on every request that starts afterwards.
+func (s *Store) RevokeKey(actor, tenant, id string) (*Key, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	st, err := s.settingsOf(tenant)
+	if err != nil {
+		return nil, err
+	}
+	rec, h, err := s.loadKey(tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	var b Batch
+	if err := s.revokeInto(&b, rec, h, actor, now); err != nil {
+		return nil, err
+	}
+	if err := s.apply(&b); err != nil {
+		return nil, err
+	}
+	return s.keyView(rec, st, now, nil), nil
+}
+
+// RevokeResult is one entry of a bulk revoke.
+type RevokeResult struct {
+	ID    string  `json:"id"`
+	OK    bool    `json:"ok"`
+	Error *string `json:"error"`
+}
+
+// RevokeKeys revokes many keys in one durable write; each id gets a result.
+func (s *Store) RevokeKeys(actor, tenant string, ids []string) ([]RevokeResult, error) {
+	if len(ids) == 0 || len(ids) > maxBulkRevoke {
+		return nil, invalid("ids", fmt.Sprintf("give 1–%d key ids", maxBulkRevoke))
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.tenantRecord(tenant); err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	var b Batch
+	results := make([]RevokeResult, len(ids))
+	done := map[string]bool{}
+	for i, id := range ids {
+		results[i].ID = id
+		var err error
+		if done[id] {
+			err = conflict("key %q is listed twice", id)
+		} else {
+			var rec *keyRecord
+			var h SecretHash
+			if rec, h, err = s.loadKey(tenant, id); err == nil {
+				err = s.revokeInto(&b, rec, h, actor, now)
+			}
+		}
+		if err != nil {
+			if KindOf(err) == KindInternal {
+				return nil, err
+			}
+			msg := err.Error()
+			results[i].Error = &msg
+			continue
+		}
+		done[id] = true
+		results[i].OK = true
+	}
+	if err := s.apply(&b); err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// deleteInto adds the deletion of rec and all its indexes to b.
+func (s *Store) deleteInto(b *Batch, rec *keyRecord, h SecretHash, actor string, now time.Time) {
+	b.Delete(hashKey(pKeyHash, h))
+	if rec.PrevHash != nil {
+		b.Delete(hashKey(pKeyHash, *rec.PrevHash))
+	}
+	b.Delete(k(pKeyID + rec.ID))
+	b.Delete(k(pKeyTenant+rec.Tenant, rec.ID))
+	b.Delete(k(pKeyOwner+rec.Tenant, rec.Owner, rec.ID))
+	b.Delete(k(pKeyUsage + rec.ID))
+	s.event(b, now, rec.Tenant, "key.deleted", actor, rec.ID, map[string]any{"name": rec.Name, "owner": rec.Owner})
+}
+
+// DeleteKey removes a key record; its events stay.
+func (s *Store) DeleteKey(actor, tenant, id string) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	rec, h, err := s.loadKey(tenant, id)
+	if err != nil {
+		return err
+	}
+	var b Batch
+	s.deleteInto(&b, rec, h, actor, s.now().UTC())
+	if err := s.apply(&b); err != nil {
+		return err
+	}
+	s.usage.forget(id)
+	s.addKeyCount(tenant, -1)
+	return nil
+}
+
+// DeleteOwnerKeys deletes every key of owner in the tenant.
+func (s *Store) DeleteOwnerKeys(actor, tenant, owner string) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.tenantRecord(tenant); err != nil {
+		return 0, err
+	}
+	recs, err := s.ownerKeys(tenant, owner)
+	if err != nil {
+		return 0, err
+	}
+	now := s.now().UTC()
+	var b Batch
+	for _, rec := range recs {
+		_, h, err := s.loadKey(tenant, rec.ID)
+		if err != nil {
+			return 0, err
+		}
+		s.deleteInto(&b, rec, h, actor, now)
+	}
+	if err := s.apply(&b); err != nil {
+		return 0, err
+	}
+	for _, rec := range recs {
+		s.usage.forget(rec.ID)
+	}
+	s.addKeyCount(tenant, -len(recs))
+	return len(recs), nil
+}

@@ -1,0 +1,231 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// ErrClosed is returned by every KV operation after Close. The gateway maps it
+// (like any other storage error) to 503: it fails closed.
+var ErrClosed = errors.New("store: closed")
+
+// errKVNotFound is the KV's own "no such key"; the domain layer turns it into
+// a typed not-found error naming what was missing.
+var errKVNotFound = errors.New("store: kv: not found")
+
+// KV is the small ordered key-value interface the domain logic is written
+// against. Pebble is the embedded implementation; a networked one (etcd)
+// would deliver Watch notifications for writes made by other nodes too.
+type KV interface {
+	// Get returns a copy of the value stored under key, or errKVNotFound.
+	Get(key []byte) ([]byte, error)
+	// Apply writes the batch atomically. With sync it is durable before
+	// Apply returns. Watchers are told the changed keys after the commit.
+	Apply(b *Batch, sync bool) error
+	// Scan calls fn for each key with the prefix, in key order, starting at
+	// start (inclusive; nil means the beginning of the prefix), until fn
+	// returns false. Key and value are only valid during the call.
+	Scan(prefix, start []byte, fn func(key, value []byte) bool) error
+	// Watch registers fn to be called, synchronously after each commit, with
+	// the keys that batch changed.
+	Watch(fn func(keys [][]byte))
+	Close() error
+}
+
+// Batch collects writes for KV.Apply.
+type Batch struct {
+	ops []batchOp
+}
+
+type batchOp struct {
+	key, value []byte
+	del        bool
+}
+
+// Set records a put of value under key.
+func (b *Batch) Set(key, value []byte) { b.ops = append(b.ops, batchOp{key: key, value: value}) }
+
+// Delete records a delete of key.
+func (b *Batch) Delete(key []byte) { b.ops = append(b.ops, batchOp{key: key, del: true}) }
+
+// Len is the number of recorded operations.
+func (b *Batch) Len() int { return len(b.ops) }
+
+// pebbleKV is the embedded KV. Every call holds mu for reading so that Close
+// (which takes it for writing) never races an operation: Pebble panics on use
+// after Close.
+type pebbleKV struct {
+	mu       sync.RWMutex
+	db       *pebble.DB
+	closed   bool
+	watchers []func(keys [][]byte)
+}
+
+// openPebble opens (creating if needed) a Pebble database in dir. fs may be
+// nil for the OS filesystem; tests pass vfs.NewMem().
+func openPebble(dir string, fs vfs.FS, logger Logger) (*pebbleKV, error) {
+	opts := &pebble.Options{Logger: pebbleLogger{logger}}
+	if fs != nil {
+		opts.FS = fs
+	}
+	db, err := pebble.Open(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("open pebble at %s: %w", dir, err)
+	}
+	return &pebbleKV{db: db}, nil
+}
+
+func (p *pebbleKV) Get(key []byte) ([]byte, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	v, closer, err := p.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, errKVNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pebble get: %w", err)
+	}
+	out := bytes.Clone(v)
+	if out == nil {
+		out = []byte{}
+	}
+	_ = closer.Close()
+	return out, nil
+}
+
+func (p *pebbleKV) Apply(b *Batch, sync bool) error {
+	if b.Len() == 0 {
+		return nil
+	}
+	p.mu.RLock()
+	if p.closed {
+		p.mu.RUnlock()
+		return ErrClosed
+	}
+	pb := p.db.NewBatch()
+	keys := make([][]byte, 0, len(b.ops))
+	for _, op := range b.ops {
+		var err error
+		if op.del {
+			err = pb.Delete(op.key, nil)
+		} else {
+			err = pb.Set(op.key, op.value, nil)
+		}
+		if err != nil {
+			_ = pb.Close()
+			p.mu.RUnlock()
+			return fmt.Errorf("pebble batch: %w", err)
+		}
+		keys = append(keys, op.key)
+	}
+	opts := pebble.NoSync
+	if sync {
+		opts = pebble.Sync
+	}
+	err := p.db.Apply(pb, opts)
+	_ = pb.Close()
+	watchers := p.watchers
+	p.mu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("pebble apply: %w", err)
+	}
+	for _, w := range watchers {
+		w(keys)
+	}
+	return nil
+}
+
+func (p *pebbleKV) Scan(prefix, start []byte, fn func(key, value []byte) bool) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return ErrClosed
+	}
+	lower := prefix
+	if start != nil && bytes.Compare(start, prefix) > 0 {
+		lower = start
+	}
+	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return fmt.Errorf("pebble iter: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			_ = it.Close()
+			return fmt.Errorf("pebble iter value: %w", err)
+		}
+		if !fn(it.Key(), v) {
+			break
+		}
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("pebble iter: %w", err)
+	}
+	return nil
+}
+
+func (p *pebbleKV) Watch(fn func(keys [][]byte)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.watchers = append(p.watchers, fn)
+}
+
+func (p *pebbleKV) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if err := p.db.Close(); err != nil {
+		return fmt.Errorf("close pebble: %w", err)
+	}
+	return nil
+}
+
+// prefixEnd is the smallest key greater than every key with the prefix.
+func prefixEnd(prefix []byte) []byte {
+	end := bytes.Clone(prefix)
+	for i := len(end) - 1; i >= 0; i-- {
+		end[i]++
+		if end[i] != 0 {
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+// Logger receives the store's (and Pebble's) diagnostics. The Caddy glue
+// passes a zap-backed one.
+type Logger interface {
+	Infof(format string, args ...any)
+	Errorf(format string, args ...any)
+}
+
+type nopLogger struct{}
+
+func (nopLogger) Infof(string, ...any)  {}
+func (nopLogger) Errorf(string, ...any) {}
+
+// pebbleLogger adapts Logger to Pebble's. Pebble's default Fatalf calls
+// os.Exit, which would take the whole gateway down; ours logs and panics,
+// which Pebble only does on corruption it cannot continue from.
+type pebbleLogger struct{ l Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any)  { p.l.Infof(format, args...) }
+func (p pebbleLogger) Errorf(format string, args ...any) { p.l.Errorf(format, args...) }
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Errorf("FATAL: "+format, args...)
+	panic(fmt.Sprintf("pebble: "+format, args...))
+}
+
+var _ KV = (*pebbleKV)(nil)

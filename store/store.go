@@ -1,0 +1,324 @@
+// Package store is keygate's domain core: tenants, settings, users, tokens,
+// groups, API keys and their audit events, kept in an ordered key-value
+// store (Pebble by default) behind the small KV interface, with the hot-path
+// verification cache in front. It imports nothing from Caddy.
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// SchemaVersion is the layout version written at meta/schema. Open refuses a
+// store written by a newer layout rather than misreading it.
+const SchemaVersion = 1
+
+// Storage layout. Ids never contain '/', so prefixes never overlap.
+//
+//	meta/schema                  → SchemaVersion
+//	t/<tenant>                   → tenantRecord
+//	u/<tenant>/<user>            → User
+//	tk/<token id>                → tokenRecord
+//	th/<token hash>              → token id
+//	tu/<tenant>/<user>/<tok id>  → ""
+//	g/<tenant>/<group>           → Group
+//	k/<key id>                   → current secret hash (32 bytes)
+//	kh/<secret hash>             → keyRecord (or a grace record)
+//	kt/<tenant>/<key id>         → current secret hash
+//	ku/<key id>                  → usageRecord (buffered writes)
+//	e/<tenant>/<event id>        → Event
+const (
+	pMeta      = "meta/"
+	pTenant    = "t/"
+	pUser      = "u/"
+	pToken     = "tk/"
+	pTokenHash = "th/"
+	pTokenUser = "tu/"
+	pGroup     = "g/"
+	pKeyID     = "k/"
+	pKeyHash   = "kh/"
+	pKeyTenant = "kt/"
+	pKeyUsage  = "ku/"
+	pEvent     = "e/"
+)
+
+func k(parts ...string) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p) + 1
+	}
+	b := make([]byte, 0, n)
+	for i, p := range parts {
+		if i > 0 {
+			b = append(b, '/')
+		}
+		b = append(b, p...)
+	}
+	return b
+}
+
+func hashKey(prefix string, h SecretHash) []byte {
+	return append([]byte(prefix), h[:]...)
+}
+
+// Options configure Open.
+type Options struct {
+	// Dir is the Pebble directory. The caller canonicalises it.
+	Dir string
+	// FS replaces the OS filesystem (tests use vfs.NewMem()).
+	FS vfs.FS
+	// KV replaces Pebble altogether; Dir and FS are then ignored.
+	KV KV
+	// Logger receives diagnostics; nil discards them.
+	Logger Logger
+	// CacheEntries bounds the positive verification cache (default 100000).
+	CacheEntries int64
+	// NegativeEntries bounds the cache of unknown secrets (default 10000).
+	NegativeEntries int64
+	// NegativeTTL is how long an unknown secret stays cached (default 10s).
+	NegativeTTL time.Duration
+	// FlushInterval is how often buffered last-used and usage data are
+	// written (default 5s); negative disables the background flusher, and
+	// Flush or Close write them.
+	FlushInterval time.Duration
+	// Pepper, when set, makes secret hashes HMAC-SHA-256 with it.
+	Pepper []byte
+	// Now is the clock (tests inject one).
+	Now func() time.Time
+}
+
+// Store is safe for concurrent use.
+type Store struct {
+	kv     KV
+	log    Logger
+	now    func() time.Time
+	hasher hasher
+
+	// wmu serialises domain writes: the read-validate-write of limits and
+	// state transitions must not interleave.
+	wmu sync.Mutex
+
+	hot atomic.Pointer[hotState]
+	hmu sync.Mutex // guards hot replacement
+
+	vcache *verifyCache
+	usage  *usageBuffer
+
+	lastEvent atomic.Int64
+
+	flushes flushCounters
+
+	cmu       sync.Mutex
+	keyCounts map[string]int // tenant → keys, filled lazily
+
+	closeOnce sync.Once
+	stop      chan struct{}
+	flushDone chan struct{}
+	closed    atomic.Bool
+}
+
+// Open opens or creates a store.
+func Open(opts Options) (*Store, error) {
+	if opts.Logger == nil {
+		opts.Logger = nopLogger{}
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.CacheEntries <= 0 {
+		opts.CacheEntries = 100_000
+	}
+	if opts.NegativeEntries <= 0 {
+		opts.NegativeEntries = 10_000
+	}
+	if opts.NegativeTTL <= 0 {
+		opts.NegativeTTL = 10 * time.Second
+	}
+	if opts.FlushInterval == 0 {
+		opts.FlushInterval = 5 * time.Second
+	}
+	kv := opts.KV
+	if kv == nil {
+		if opts.Dir == "" {
+			return nil, errors.New("store: no directory given")
+		}
+		p, err := openPebble(opts.Dir, opts.FS, opts.Logger)
+		if err != nil {
+			return nil, err
+		}
+		kv = p
+	}
+	s := &Store{
+		kv:     kv,
+		log:    opts.Logger,
+		now:    opts.Now,
+		hasher: hasher{pepper: opts.Pepper},
+		stop:   make(chan struct{}),
+	}
+	vc, err := newVerifyCache(opts.CacheEntries, opts.NegativeEntries, opts.NegativeTTL)
+	if err != nil {
+		_ = kv.Close()
+		return nil, err
+	}
+	s.vcache = vc
+	s.usage = newUsageBuffer()
+	if err := s.init(); err != nil {
+		vc.close()
+		_ = kv.Close()
+		return nil, err
+	}
+	kv.Watch(s.onChange)
+	if opts.FlushInterval > 0 {
+		s.flushDone = make(chan struct{})
+		go s.flushLoop(opts.FlushInterval)
+	}
+	return s, nil
+}
+
+// init checks the schema version, creates the default tenant on first start
+// and loads the in-memory tenant and group state.
+func (s *Store) init() error {
+	v, err := s.kv.Get([]byte(pMeta + "schema"))
+	switch {
+	case errors.Is(err, errKVNotFound):
+		var b Batch
+		b.Set([]byte(pMeta+"schema"), []byte(strconv.Itoa(SchemaVersion)))
+		if err := s.kv.Apply(&b, true); err != nil {
+			return fmt.Errorf("write schema version: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("read schema version: %w", err)
+	default:
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 {
+			return fmt.Errorf("store: unreadable schema version %q", v)
+		}
+		if n > SchemaVersion {
+			return fmt.Errorf("store: schema version %d is newer than this binary's %d", n, SchemaVersion)
+		}
+	}
+	if _, err := s.kv.Get(k(pTenant + DefaultTenant)); errors.Is(err, errKVNotFound) {
+		if _, err := s.CreateTenant("system", TenantInput{ID: DefaultTenant, Name: "Default tenant"}); err != nil && KindOf(err) != KindConflict {
+			return fmt.Errorf("create default tenant: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("read default tenant: %w", err)
+	}
+	return s.reloadHot()
+}
+
+// Close flushes buffered usage and closes the KV. It is safe to call twice.
+func (s *Store) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		if s.flushDone != nil {
+			<-s.flushDone
+		}
+		if ferr := s.Flush(); ferr != nil {
+			s.log.Errorf("final usage flush: %v", ferr)
+		}
+		s.closed.Store(true)
+		s.vcache.close()
+		err = s.kv.Close()
+	})
+	return err
+}
+
+// apply commits a domain write durably.
+func (s *Store) apply(b *Batch) error {
+	if err := s.kv.Apply(b, true); err != nil {
+		return fmt.Errorf("store write: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) getJSON(key []byte, v any) error {
+	raw, err := s.kv.Get(key)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("decode %q: %w", key, err)
+	}
+	return nil
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("store: encode %T: %v", v, err)) // our own types always encode
+	}
+	return b
+}
+
+// onChange is the KV watch callback: it keeps the verification cache and the
+// in-memory tenant/group state in step with every committed write — ours or,
+// with a networked KV, another node's.
+func (s *Store) onChange(keys [][]byte) {
+	reloadHot := false
+	for _, key := range keys {
+		ks := string(key)
+		switch {
+		case len(ks) == len(pKeyHash)+len(SecretHash{}) && ks[:len(pKeyHash)] == pKeyHash:
+			var h SecretHash
+			copy(h[:], key[len(pKeyHash):])
+			s.vcache.invalidate(h)
+		case hasPrefix(ks, pTenant), hasPrefix(ks, pGroup):
+			reloadHot = true
+		}
+	}
+	if reloadHot {
+		if err := s.reloadHot(); err != nil {
+			s.log.Errorf("reload tenants and groups: %v", err)
+		}
+	}
+}
+
+func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
+
+// nextEventID returns strictly increasing, fixed-width event ids.
+func (s *Store) nextEventID(now time.Time) string {
+	for {
+		last := s.lastEvent.Load()
+		n := now.UnixNano()
+		if n <= last {
+			n = last + 1
+		}
+		if s.lastEvent.CompareAndSwap(last, n) {
+			return fmt.Sprintf("evt_%016x", uint64(n))
+		}
+	}
+}
+
+// event adds an audit event to the batch that makes the change, so the change
+// and its record commit together.
+func (s *Store) event(b *Batch, now time.Time, tenant, typ, actor, keyID string, detail map[string]any) {
+	e := Event{ID: s.nextEventID(now), Tenant: tenant, Time: now.UTC(), Type: typ, Actor: actor, Detail: detail}
+	if keyID != "" {
+		e.KeyID = &keyID
+	}
+	if e.Detail == nil {
+		e.Detail = map[string]any{}
+	}
+	b.Set(k(pEvent+tenant, e.ID), mustJSON(e))
+}
+
+// ristrettoConfig is shared by the two verification caches: every entry costs
+// 1 (PITFALLS 12) and counters are 10× the capacity, as ristretto advises.
+func ristrettoConfig[V any](entries int64) *ristretto.Config[uint64, V] {
+	return &ristretto.Config[uint64, V]{
+		NumCounters:        entries * 10,
+		MaxCost:            entries,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+	}
+}

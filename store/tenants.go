@@ -1,0 +1,327 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// TenantInput creates a tenant.
+type TenantInput struct {
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	KeyLimit *int   `json:"key_limit"`
+}
+
+// TenantPatch edits a tenant; absent fields are kept, a null key_limit
+// removes the limit.
+type TenantPatch struct {
+	Name     Opt[string] `json:"name"`
+	KeyLimit Opt[int]    `json:"key_limit"`
+}
+
+// SettingsPatch edits a tenant's settings; absent fields are kept, a null
+// max_expiration removes the cap.
+type SettingsPatch struct {
+	APIKeysEnabled     Opt[bool]     `json:"api_keys_enabled"`
+	MaxExpiration      Opt[Duration] `json:"max_expiration"`
+	MaxKeysPerUser     Opt[int]      `json:"max_keys_per_user"`
+	ExpiringSoonWindow Opt[Duration] `json:"expiring_soon_window"`
+}
+
+func checkKeyLimit(f fieldErrors, limit *int) {
+	if limit != nil && (*limit < 0 || *limit > 100_000_000) {
+		f.add("key_limit", "must be between 0 and 100000000, or null for no limit")
+	}
+}
+
+// CreateTenant creates a tenant with API keys disabled and default settings.
+func (s *Store) CreateTenant(actor string, in TenantInput) (*Tenant, error) {
+	f := fieldErrors{}
+	checkID(f, "id", in.ID)
+	checkText(f, "name", in.Name, 0, TenantNameMax)
+	checkKeyLimit(f, in.KeyLimit)
+	if err := f.err(); err != nil {
+		return nil, err
+	}
+	if in.Name == "" {
+		in.Name = in.ID
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.kv.Get(k(pTenant + in.ID)); err == nil {
+		return nil, conflict("tenant %q already exists", in.ID)
+	} else if !errors.Is(err, errKVNotFound) {
+		return nil, fmt.Errorf("read tenant: %w", err)
+	}
+	now := s.now().UTC()
+	rec := tenantRecord{
+		ID: in.ID, Name: in.Name, KeyLimit: in.KeyLimit, CreatedAt: now, UpdatedAt: now,
+		Settings: Settings{MaxKeysPerUser: DefaultMaxKeysPerUser, ExpiringSoonWindow: Duration(DefaultExpiringSoonWindow)},
+	}
+	var b Batch
+	b.Set(k(pTenant+in.ID), mustJSON(rec))
+	s.event(&b, now, in.ID, "tenant.created", actor, "", map[string]any{"name": in.Name, "key_limit": in.KeyLimit})
+	if err := s.apply(&b); err != nil {
+		return nil, err
+	}
+	return s.tenantView(&rec)
+}
+
+func (s *Store) tenantRecord(id string) (*tenantRecord, error) {
+	var rec tenantRecord
+	if err := s.getJSON(k(pTenant+id), &rec); err != nil {
+		if errors.Is(err, errKVNotFound) {
+			return nil, notFound("tenant", id)
+		}
+		return nil, fmt.Errorf("read tenant: %w", err)
+	}
+	return &rec, nil
+}
+
+func (s *Store) tenantView(rec *tenantRecord) (*Tenant, error) {
+	n, err := s.countTenantKeys(rec.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &Tenant{ID: rec.ID, Name: rec.Name, KeyLimit: rec.KeyLimit, KeyCount: n, CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt}, nil
+}
+
+// GetTenant returns a tenant with its key count.
+func (s *Store) GetTenant(id string) (*Tenant, error) {
+	rec, err := s.tenantRecord(id)
+	if err != nil {
+		return nil, err
+	}
+	return s.tenantView(rec)
+}
+
+// ListTenants returns tenants in id order after cursor (exclusive).
+func (s *Store) ListTenants(cursor string, limit int) ([]*Tenant, string, error) {
+	limit = pageLimit(limit)
+	var recs []tenantRecord
+	var decodeErr error
+	err := s.kv.Scan([]byte(pTenant), afterCursor(pTenant, cursor), func(_, v []byte) bool {
+		var r tenantRecord
+		if decodeErr = jsonUnmarshal(v, &r); decodeErr != nil {
+			return false
+		}
+		recs = append(recs, r)
+		return len(recs) <= limit
+	})
+	if err == nil {
+		err = decodeErr
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("list tenants: %w", err)
+	}
+	next := ""
+	if len(recs) > limit {
+		recs = recs[:limit]
+		next = recs[limit-1].ID
+	}
+	out := make([]*Tenant, 0, len(recs))
+	for i := range recs {
+		t, err := s.tenantView(&recs[i])
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, t)
+	}
+	return out, next, nil
+}
+
+// UpdateTenant edits a tenant's name or key limit. Lower limits affect new
+// keys only.
+func (s *Store) UpdateTenant(actor, id string, p TenantPatch) (*Tenant, error) {
+	f := fieldErrors{}
+	if p.Name.Set {
+		if p.Name.Null {
+			f.add("name", "must not be null")
+		} else {
+			checkText(f, "name", p.Name.Value, 1, TenantNameMax)
+		}
+	}
+	if p.KeyLimit.Set && !p.KeyLimit.Null {
+		checkKeyLimit(f, &p.KeyLimit.Value)
+	}
+	if err := f.err(); err != nil {
+		return nil, err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	rec, err := s.tenantRecord(id)
+	if err != nil {
+		return nil, err
+	}
+	detail := map[string]any{}
+	if p.Name.Set {
+		rec.Name = p.Name.Value
+		detail["name"] = rec.Name
+	}
+	if p.KeyLimit.Set {
+		if p.KeyLimit.Null {
+			rec.KeyLimit = nil
+		} else {
+			v := p.KeyLimit.Value
+			rec.KeyLimit = &v
+		}
+		detail["key_limit"] = rec.KeyLimit
+	}
+	now := s.now().UTC()
+	rec.UpdatedAt = now
+	var b Batch
+	b.Set(k(pTenant+id), mustJSON(rec))
+	s.event(&b, now, id, "tenant.updated", actor, "", detail)
+	if err := s.apply(&b); err != nil {
+		return nil, err
+	}
+	return s.tenantView(rec)
+}
+
+// GetSettings returns a tenant's settings.
+func (s *Store) GetSettings(tenant string) (*Settings, error) {
+	rec, err := s.tenantRecord(tenant)
+	if err != nil {
+		return nil, err
+	}
+	return &rec.Settings, nil
+}
+
+// UpdateSettings edits a tenant's settings. The gateway sees the enable
+// switch at once (the write reloads the in-memory state before returning).
+func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings, error) {
+	f := fieldErrors{}
+	if p.APIKeysEnabled.Set && p.APIKeysEnabled.Null {
+		f.add("api_keys_enabled", "must be true or false")
+	}
+	if p.MaxExpiration.Set && !p.MaxExpiration.Null {
+		if d := time.Duration(p.MaxExpiration.Value); d <= 0 || d > maxDurationSetting {
+			f.add("max_expiration", "must be a positive duration of at most 876000h, or null for no limit")
+		}
+	}
+	if p.MaxKeysPerUser.Set {
+		if p.MaxKeysPerUser.Null || p.MaxKeysPerUser.Value < MaxKeysPerUserMin || p.MaxKeysPerUser.Value > MaxKeysPerUserMax {
+			f.add("max_keys_per_user", fmt.Sprintf("must be %d–%d", MaxKeysPerUserMin, MaxKeysPerUserMax))
+		}
+	}
+	if p.ExpiringSoonWindow.Set {
+		if d := time.Duration(p.ExpiringSoonWindow.Value); p.ExpiringSoonWindow.Null || d < 0 || d > maxDurationSetting {
+			f.add("expiring_soon_window", "must be a duration from 0 to 876000h")
+		}
+	}
+	if err := f.err(); err != nil {
+		return nil, err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	rec, err := s.tenantRecord(tenant)
+	if err != nil {
+		return nil, err
+	}
+	st := &rec.Settings
+	detail := map[string]any{}
+	if p.APIKeysEnabled.Set {
+		st.APIKeysEnabled = p.APIKeysEnabled.Value
+		detail["api_keys_enabled"] = st.APIKeysEnabled
+	}
+	if p.MaxExpiration.Set {
+		if p.MaxExpiration.Null {
+			st.MaxExpiration = nil
+		} else {
+			v := p.MaxExpiration.Value
+			st.MaxExpiration = &v
+		}
+		detail["max_expiration"] = st.MaxExpiration
+	}
+	if p.MaxKeysPerUser.Set {
+		st.MaxKeysPerUser = p.MaxKeysPerUser.Value
+		detail["max_keys_per_user"] = st.MaxKeysPerUser
+	}
+	if p.ExpiringSoonWindow.Set {
+		st.ExpiringSoonWindow = p.ExpiringSoonWindow.Value
+		detail["expiring_soon_window"] = st.ExpiringSoonWindow
+	}
+	now := s.now().UTC()
+	rec.UpdatedAt = now
+	var b Batch
+	b.Set(k(pTenant+tenant), mustJSON(rec))
+	s.event(&b, now, tenant, "settings.updated", actor, "", detail)
+	if err := s.apply(&b); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// hotState is what the gateway needs about tenants and groups on every
+// request, kept in memory (there are few of them) and replaced whole on change.
+type hotState struct {
+	enabled map[string]bool       // tenant → api keys enabled
+	groups  map[groupKey]*GroupView
+}
+
+func (s *Store) reloadHot() error {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	st := &hotState{enabled: map[string]bool{}, groups: map[groupKey]*GroupView{}}
+	var decodeErr error
+	err := s.kv.Scan([]byte(pTenant), nil, func(_, v []byte) bool {
+		var r tenantRecord
+		if decodeErr = jsonUnmarshal(v, &r); decodeErr != nil {
+			return false
+		}
+		st.enabled[r.ID] = r.Settings.APIKeysEnabled
+		return true
+	})
+	if err == nil {
+		err = decodeErr
+	}
+	if err != nil {
+		return fmt.Errorf("load tenants: %w", err)
+	}
+	err = s.kv.Scan([]byte(pGroup), nil, func(_, v []byte) bool {
+		var g Group
+		if decodeErr = jsonUnmarshal(v, &g); decodeErr != nil {
+			return false
+		}
+		st.groups[groupKey{g.Tenant, g.Name}] = compileGroup(&g)
+		return true
+	})
+	if err == nil {
+		err = decodeErr
+	}
+	if err != nil {
+		return fmt.Errorf("load groups: %w", err)
+	}
+	s.hot.Store(st)
+	return nil
+}
+
+// TenantEnabled reports whether the tenant exists and has API keys enabled.
+// It reads memory only.
+func (s *Store) TenantEnabled(tenant string) bool {
+	return s.hot.Load().enabled[tenant]
+}
+
+// GroupView returns the compiled group, or nil. It reads memory only.
+func (s *Store) GroupView(tenant, group string) *GroupView {
+	return s.hot.Load().groups[groupKey{tenant, group}]
+}
+
+type groupKey struct{ tenant, group string }
+
+func pageLimit(n int) int {
+	if n <= 0 {
+		return DefaultPageLimit
+	}
+	return min(n, MaxPageLimit)
+}
+
+// afterCursor turns an exclusive cursor (the last id of the previous page)
+// into an inclusive scan start.
+func afterCursor(prefix, cursor string) []byte {
+	if cursor == "" {
+		return nil
+	}
+	return append([]byte(prefix+cursor), 0)
+}

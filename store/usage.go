@@ -1,0 +1,324 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Outcome of a gateway request made with an identified key.
+type Outcome uint8
+
+const (
+	OutcomeOK Outcome = iota
+	OutcomeRevoked
+	OutcomeExpired
+	OutcomeDisabled
+	OutcomeIPNotAllowed
+	OutcomeForbidden
+	OutcomeRateLimited
+	numOutcomes
+)
+
+// OutcomeNames are the spec's codes ("ok" for admitted requests).
+var OutcomeNames = [numOutcomes]string{"ok", "key_revoked", "key_expired", "api_keys_disabled", "ip_not_allowed", "forbidden", "rate_limited"}
+
+func (o Outcome) String() string {
+	if o < numOutcomes {
+		return OutcomeNames[o]
+	}
+	return "unknown"
+}
+
+// usageWindow is how far back per-minute counts are kept.
+const usageWindow = 24 * time.Hour
+
+type minuteCount struct {
+	Minute int64                `json:"m"` // unix minutes
+	Counts [numOutcomes]uint64 `json:"c"`
+}
+
+// usageRecord is what ku/<id> holds.
+type usageRecord struct {
+	LastUsedAt *time.Time          `json:"last_used_at,omitempty"`
+	LastUsedIP string              `json:"last_used_ip,omitempty"`
+	Totals     [numOutcomes]uint64 `json:"totals"`
+	Minutes    []minuteCount       `json:"minutes"`
+}
+
+// usageBuffer collects last-used and counters in memory; the request path
+// never writes to the store. Sharded to keep lock contention low.
+type usageBuffer struct {
+	shards [64]usageShard
+}
+
+type usageShard struct {
+	mu sync.Mutex
+	m  map[string]*usageDelta
+}
+
+type usageDelta struct {
+	tenant  string
+	used    bool
+	at      time.Time
+	ip      netip.Addr
+	minutes []minuteCount
+}
+
+func newUsageBuffer() *usageBuffer {
+	u := &usageBuffer{}
+	for i := range u.shards {
+		u.shards[i].m = map[string]*usageDelta{}
+	}
+	return u
+}
+
+func (u *usageBuffer) shard(id string) *usageShard {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	return &u.shards[h%uint32(len(u.shards))]
+}
+
+// RecordUse counts a request of an identified key; an admitted one also
+// sets last-used time and client IP. Memory only: Flush writes it.
+func (s *Store) RecordUse(v *KeyView, ip netip.Addr, o Outcome, now time.Time) {
+	sh := s.usage.shard(v.ID)
+	minute := now.Unix() / 60
+	sh.mu.Lock()
+	d := sh.m[v.ID]
+	if d == nil {
+		d = &usageDelta{tenant: v.Tenant, minutes: make([]minuteCount, 0, 1)}
+		sh.m[v.ID] = d
+	}
+	if n := len(d.minutes); n == 0 || d.minutes[n-1].Minute != minute {
+		d.minutes = append(d.minutes, minuteCount{Minute: minute})
+	}
+	d.minutes[len(d.minutes)-1].Counts[o]++
+	if o == OutcomeOK {
+		d.used, d.at, d.ip = true, now, ip
+	}
+	sh.mu.Unlock()
+}
+
+type lastUse struct {
+	at time.Time
+	ip string
+}
+
+// lastUse is the pending (not yet flushed) last use of a key, or nil.
+func (u *usageBuffer) lastUse(id string) *lastUse {
+	sh := u.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if d := sh.m[id]; d != nil && d.used {
+		return &lastUse{at: d.at, ip: d.ip.String()}
+	}
+	return nil
+}
+
+func (u *usageBuffer) pending(id string) []minuteCount {
+	sh := u.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if d := sh.m[id]; d != nil {
+		return append([]minuteCount(nil), d.minutes...)
+	}
+	return nil
+}
+
+func (u *usageBuffer) forget(id string) {
+	sh := u.shard(id)
+	sh.mu.Lock()
+	delete(sh.m, id)
+	sh.mu.Unlock()
+}
+
+func (u *usageBuffer) take() map[string]*usageDelta {
+	out := map[string]*usageDelta{}
+	for i := range u.shards {
+		sh := &u.shards[i]
+		sh.mu.Lock()
+		if len(sh.m) > 0 {
+			for id, d := range sh.m {
+				out[id] = d
+			}
+			sh.m = map[string]*usageDelta{}
+		}
+		sh.mu.Unlock()
+	}
+	return out
+}
+
+func (s *Store) flushLoop(every time.Duration) {
+	defer close(s.flushDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			if err := s.Flush(); err != nil {
+				s.log.Errorf("usage flush: %v", err)
+			}
+		}
+	}
+}
+
+// Flush writes buffered last-used times and usage counters in one durable
+// batch, plus one "key.requests_denied" event per key that was denied since
+// the last flush. Keys deleted meanwhile are skipped.
+func (s *Store) Flush() error {
+	deltas := s.usage.take()
+	if len(deltas) == 0 {
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	now := s.now().UTC()
+	var b Batch
+	for id, d := range deltas {
+		if _, err := s.kv.Get(k(pKeyID + id)); errors.Is(err, errKVNotFound) {
+			continue
+		} else if err != nil {
+			return fmt.Errorf("flush usage: %w", err)
+		}
+		rec, err := s.usageRecord(id)
+		if err != nil {
+			return fmt.Errorf("flush usage: %w", err)
+		}
+		if rec == nil {
+			rec = &usageRecord{}
+		}
+		if d.used {
+			at := d.at.UTC()
+			rec.LastUsedAt, rec.LastUsedIP = &at, d.ip.String()
+		}
+		var denied [numOutcomes]uint64
+		for _, m := range d.minutes {
+			for o, n := range m.Counts {
+				rec.Totals[o] += n
+				if Outcome(o) != OutcomeOK {
+					denied[o] += n
+				}
+			}
+		}
+		rec.Minutes = mergeMinutes(rec.Minutes, d.minutes, now)
+		b.Set(k(pKeyUsage+id), mustJSON(rec))
+		if detail := outcomeMap(denied); len(detail) > 0 {
+			s.event(&b, now, d.tenant, "key.requests_denied", "gateway", id, detail)
+		}
+	}
+	start := time.Now()
+	if err := s.kv.Apply(&b, true); err != nil {
+		return fmt.Errorf("flush usage: %w", err)
+	}
+	s.flushObserved(time.Since(start))
+	return nil
+}
+
+func outcomeMap(c [numOutcomes]uint64) map[string]any {
+	m := map[string]any{}
+	for o, n := range c {
+		if n > 0 {
+			m[OutcomeNames[o]] = n
+		}
+	}
+	return m
+}
+
+// mergeMinutes adds b's counts into a (both ascending) and drops minutes
+// older than the usage window.
+func mergeMinutes(a, b []minuteCount, now time.Time) []minuteCount {
+	byMinute := make(map[int64]*minuteCount, len(a)+len(b))
+	for _, src := range [][]minuteCount{a, b} {
+		for i := range src {
+			m := src[i]
+			if cur := byMinute[m.Minute]; cur != nil {
+				for o := range cur.Counts {
+					cur.Counts[o] += m.Counts[o]
+				}
+			} else {
+				byMinute[m.Minute] = &m
+			}
+		}
+	}
+	oldest := now.Add(-usageWindow).Unix() / 60
+	out := make([]minuteCount, 0, len(byMinute))
+	for _, m := range byMinute {
+		if m.Minute > oldest {
+			out = append(out, *m)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Minute < out[j].Minute })
+	return out
+}
+
+func (s *Store) usageRecord(id string) (*usageRecord, error) {
+	var u usageRecord
+	if err := s.getJSON(k(pKeyUsage+id), &u); err != nil {
+		if errors.Is(err, errKVNotFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read usage: %w", err)
+	}
+	return &u, nil
+}
+
+// MinuteUsage is one minute of a key's requests by outcome.
+type MinuteUsage struct {
+	Time     time.Time         `json:"time"`
+	Total    uint64            `json:"total"`
+	Outcomes map[string]uint64 `json:"outcomes"`
+}
+
+// KeyUsage is a key's requests over the last 24 hours.
+type KeyUsage struct {
+	KeyID      string            `json:"key_id"`
+	From       time.Time         `json:"from"`
+	To         time.Time         `json:"to"`
+	Total      uint64            `json:"total"`
+	Outcomes   map[string]uint64 `json:"outcomes"`
+	PerMinute  []MinuteUsage     `json:"per_minute"`
+	LastUsedAt *time.Time        `json:"last_used_at"`
+	LastUsedIP *string           `json:"last_used_ip"`
+}
+
+// Usage returns a key's per-minute and per-outcome counts for the last 24
+// hours, including what is still buffered.
+func (s *Store) Usage(tenant, id string) (*KeyUsage, error) {
+	key, err := s.GetKey(tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := s.usageRecord(id)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	var minutes []minuteCount
+	if rec != nil {
+		minutes = rec.Minutes
+	}
+	minutes = mergeMinutes(minutes, s.usage.pending(id), now)
+	out := &KeyUsage{KeyID: id, From: now.Add(-usageWindow), To: now, Outcomes: map[string]uint64{},
+		PerMinute: make([]MinuteUsage, 0, len(minutes)), LastUsedAt: key.LastUsedAt, LastUsedIP: key.LastUsedIP}
+	for _, m := range minutes {
+		mu := MinuteUsage{Time: time.Unix(m.Minute*60, 0).UTC(), Outcomes: map[string]uint64{}}
+		for o, n := range m.Counts {
+			if n > 0 {
+				mu.Outcomes[OutcomeNames[o]] = n
+				out.Outcomes[OutcomeNames[o]] += n
+				mu.Total += n
+			}
+		}
+		out.Total += mu.Total
+		out.PerMinute = append(out.PerMinute, mu)
+	}
+	return out, nil
+}

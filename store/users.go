@@ -1,0 +1,254 @@
+package store
+
+import (
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// PutUser creates a user of the tenant or replaces its roles.
+func (s *Store) PutUser(actor, tenant, id string, roles []Role) (*User, error) {
+	f := fieldErrors{}
+	checkID(f, "user", id)
+	if len(roles) == 0 {
+		f.add("roles", "give at least one of developer, tenant_admin")
+	}
+	seen := map[Role]bool{}
+	clean := make([]Role, 0, len(roles))
+	for i, r := range roles {
+		if r != RoleDeveloper && r != RoleTenantAdmin {
+			f.add(fmt.Sprintf("roles[%d]", i), fmt.Sprintf("%q is not a role (developer, tenant_admin)", truncate(string(r), 32)))
+			continue
+		}
+		if !seen[r] {
+			seen[r] = true
+			clean = append(clean, r)
+		}
+	}
+	if err := f.err(); err != nil {
+		return nil, err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.tenantRecord(tenant); err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	u := User{ID: id, Tenant: tenant, Roles: clean, CreatedAt: now, UpdatedAt: now}
+	if old, err := s.GetUser(tenant, id); err == nil {
+		u.CreatedAt = old.CreatedAt
+	} else if KindOf(err) != KindNotFound {
+		return nil, err
+	}
+	var b Batch
+	b.Set(k(pUser+tenant, id), mustJSON(u))
+	s.event(&b, now, tenant, "user.updated", actor, "", map[string]any{"user": id, "roles": clean})
+	if err := s.apply(&b); err != nil {
+		return nil, err
+	}
+	return &u, nil
+}
+
+// GetUser returns a user of the tenant.
+func (s *Store) GetUser(tenant, id string) (*User, error) {
+	var u User
+	if err := s.getJSON(k(pUser+tenant, id), &u); err != nil {
+		if errors.Is(err, errKVNotFound) {
+			return nil, notFound("user", id)
+		}
+		return nil, fmt.Errorf("read user: %w", err)
+	}
+	return &u, nil
+}
+
+// ListUsers returns the tenant's users in id order.
+func (s *Store) ListUsers(tenant, cursor string, limit int) ([]*User, string, error) {
+	if _, err := s.tenantRecord(tenant); err != nil {
+		return nil, "", err
+	}
+	var out []*User
+	if err := scanPage(s.kv, pUser+tenant+"/", cursor, limit, &out, nil); err != nil {
+		return nil, "", fmt.Errorf("list users: %w", err)
+	}
+	return pageOf(out, limit, func(u *User) string { return u.ID })
+}
+
+// DeleteUser deletes a user and revokes all its tokens. Its keys stay (an
+// admin may delete or revoke them).
+func (s *Store) DeleteUser(actor, tenant, id string) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.GetUser(tenant, id); err != nil {
+		return err
+	}
+	now := s.now().UTC()
+	var b Batch
+	toks, err := s.userTokens(tenant, id)
+	if err != nil {
+		return err
+	}
+	for _, t := range toks {
+		if t.RevokedAt == nil {
+			t.RevokedAt = &now
+			b.Set(k(pToken+t.ID), mustJSON(t))
+		}
+	}
+	b.Delete(k(pUser+tenant, id))
+	s.event(&b, now, tenant, "user.deleted", actor, "", map[string]any{"user": id, "tokens_revoked": len(toks)})
+	return s.apply(&b)
+}
+
+// TokenInput creates a user token.
+type TokenInput struct {
+	Name      string     `json:"name"`
+	ExpiresAt *time.Time `json:"expires_at"`
+}
+
+// CreateToken issues an admin token for a user. The secret is returned here
+// and never again.
+func (s *Store) CreateToken(actor, tenant, user string, in TokenInput) (*Token, string, error) {
+	f := fieldErrors{}
+	checkText(f, "name", in.Name, 0, TokenNameMax)
+	now := s.now().UTC()
+	if in.ExpiresAt != nil && !in.ExpiresAt.After(now) {
+		f.add("expires_at", "must be in the future")
+	}
+	if err := f.err(); err != nil {
+		return nil, "", err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.GetUser(tenant, user); err != nil {
+		return nil, "", err
+	}
+	secret := NewSecret(TokenPrefix)
+	t := tokenRecord{
+		Token: Token{ID: newID("tok", now), Tenant: tenant, User: user, Name: in.Name, Hint: Hint(secret), CreatedAt: now},
+		Hash:  s.hasher.hash(secret),
+	}
+	if in.ExpiresAt != nil {
+		e := in.ExpiresAt.UTC()
+		t.ExpiresAt = &e
+	}
+	var b Batch
+	b.Set(k(pToken+t.ID), mustJSON(t))
+	b.Set(hashKey(pTokenHash, t.Hash), []byte(t.ID))
+	b.Set(k(pTokenUser+tenant, user, t.ID), nil)
+	s.event(&b, now, tenant, "token.created", actor, "", map[string]any{"user": user, "token_id": t.ID, "name": in.Name})
+	if err := s.apply(&b); err != nil {
+		return nil, "", err
+	}
+	out := t.Token
+	out.Status = tokenStatus(&out, now)
+	return &out, secret, nil
+}
+
+func tokenStatus(t *Token, now time.Time) string {
+	switch {
+	case t.RevokedAt != nil:
+		return StatusRevoked
+	case t.ExpiresAt != nil && !now.Before(*t.ExpiresAt):
+		return StatusExpired
+	}
+	return StatusActive
+}
+
+func (s *Store) userTokens(tenant, user string) ([]*tokenRecord, error) {
+	var ids []string
+	prefix := string(k(pTokenUser+tenant, user, ""))
+	if err := s.kv.Scan([]byte(prefix), nil, func(key, _ []byte) bool {
+		ids = append(ids, string(key[len(prefix):]))
+		return true
+	}); err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	out := make([]*tokenRecord, 0, len(ids))
+	for _, id := range ids {
+		var t tokenRecord
+		if err := s.getJSON(k(pToken+id), &t); err != nil {
+			return nil, fmt.Errorf("read token: %w", err)
+		}
+		out = append(out, &t)
+	}
+	return out, nil
+}
+
+// ListTokens returns a user's tokens (never their secrets).
+func (s *Store) ListTokens(tenant, user string) ([]*Token, error) {
+	if _, err := s.GetUser(tenant, user); err != nil {
+		return nil, err
+	}
+	recs, err := s.userTokens(tenant, user)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	out := make([]*Token, len(recs))
+	for i, r := range recs {
+		t := r.Token
+		t.Status = tokenStatus(&t, now)
+		out[i] = &t
+	}
+	return out, nil
+}
+
+// RevokeToken revokes a user's token; it stops working at once.
+func (s *Store) RevokeToken(actor, tenant, user, id string) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var t tokenRecord
+	if err := s.getJSON(k(pToken+id), &t); err != nil {
+		if errors.Is(err, errKVNotFound) {
+			return notFound("token", id)
+		}
+		return fmt.Errorf("read token: %w", err)
+	}
+	if t.Tenant != tenant || t.User != user {
+		return notFound("token", id)
+	}
+	if t.RevokedAt != nil {
+		return conflict("token %q is already revoked", id)
+	}
+	now := s.now().UTC()
+	t.RevokedAt = &now
+	var b Batch
+	b.Set(k(pToken+id), mustJSON(t))
+	s.event(&b, now, tenant, "token.revoked", actor, "", map[string]any{"user": user, "token_id": id})
+	return s.apply(&b)
+}
+
+var errBadToken = &Error{Kind: KindUnauthorized, Code: "unauthorized", Message: "invalid or expired token"}
+
+// AuthenticateToken returns the active token and its user for an admin
+// token secret. Gateway keys are not admin tokens: their prefix differs.
+func (s *Store) AuthenticateToken(secret string) (*Token, *User, error) {
+	if !WellFormed(TokenPrefix, secret) {
+		return nil, nil, errBadToken
+	}
+	h := s.hasher.hash(secret)
+	id, err := s.kv.Get(hashKey(pTokenHash, h))
+	if errors.Is(err, errKVNotFound) {
+		return nil, nil, errBadToken
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read token: %w", err)
+	}
+	var t tokenRecord
+	if err := s.getJSON(k(pToken+string(id)), &t); err != nil {
+		return nil, nil, fmt.Errorf("read token: %w", err)
+	}
+	if subtle.ConstantTimeCompare(t.Hash[:], h[:]) != 1 || tokenStatus(&t.Token, s.now()) != StatusActive {
+		return nil, nil, errBadToken
+	}
+	u, err := s.GetUser(t.Tenant, t.User)
+	if err != nil {
+		if KindOf(err) == KindNotFound {
+			return nil, nil, errBadToken
+		}
+		return nil, nil, err
+	}
+	tok := t.Token
+	tok.Status = StatusActive
+	return &tok, u, nil
+}

@@ -1,0 +1,251 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"github.com/yl2chen/cidranger"
+)
+
+// Verdict of Verify.
+type Verdict uint8
+
+const (
+	VerdictValid   Verdict = iota
+	VerdictInvalid         // malformed, bad checksum, unknown, or another tenant's
+	VerdictRevoked
+	VerdictExpired
+)
+
+// KeyView is what the gateway needs about a key, built once when the record
+// is loaded and shared read-only by every request that hits the cache.
+type KeyView struct {
+	ID, Tenant, Name, Owner, Group string
+	Revoked                        bool
+	// ValidUntil is the expiry (zero: none); for a rotated-out secret in its
+	// grace period, the earlier of the key's expiry and the grace end.
+	ValidUntil time.Time
+	// Allow is nil when every client IP is allowed.
+	Allow *Allowlist
+}
+
+// Allowlist is an immutable set of client networks.
+type Allowlist struct {
+	prefixes []netip.Prefix    // linear scan: fastest for short lists
+	ranger   cidranger.Ranger // for long lists; built once, never mutated
+}
+
+// allowlistRangerMin is where a trie beats scanning a slice.
+const allowlistRangerMin = 16
+
+func newAllowlist(entries []string) (*Allowlist, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	a := &Allowlist{}
+	if len(entries) >= allowlistRangerMin {
+		a.ranger = cidranger.NewPCTrieRanger()
+	}
+	for _, e := range entries {
+		p, err := parsePrefix(e)
+		if err != nil {
+			return nil, fmt.Errorf("allowlist entry %q: %w", e, err)
+		}
+		if a.ranger != nil {
+			_, n, _ := net.ParseCIDR(p.String())
+			if err := a.ranger.Insert(cidranger.NewBasicRangerEntry(*n)); err != nil {
+				return nil, err
+			}
+		} else {
+			a.prefixes = append(a.prefixes, p)
+		}
+	}
+	return a, nil
+}
+
+// Contains reports whether ip (IPv4-mapped addresses are unmapped) is allowed.
+func (a *Allowlist) Contains(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if a.ranger != nil {
+		ok, err := a.ranger.Contains(net.IP(ip.AsSlice()))
+		return ok && err == nil
+	}
+	for _, p := range a.prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// verifyCache holds verified records (positive) and unknown secrets
+// (negative, small, short TTL, so garbage cannot evict good keys).
+//
+// Stale fills are prevented by generations, not by ristretto's ordering
+// (PITFALLS 13, 14): every entry records the generation of its hash's stripe
+// read BEFORE the store read that produced it, and every committed write to a
+// hash bumps that stripe's generation AFTER the commit and before the writer
+// returns. A fill that raced a write therefore carries an old generation and
+// is ignored on hit; a fill whose generation is current read after the write.
+type verifyCache struct {
+	pos  *ristretto.Cache[uint64, *posEntry]
+	neg  *ristretto.Cache[uint64, *negEntry]
+	ttl  time.Duration
+	gens [genStripes]atomic.Uint64
+}
+
+const genStripes = 4096
+
+type posEntry struct {
+	hash SecretHash
+	gen  uint64
+	view *KeyView
+}
+
+type negEntry struct {
+	hash SecretHash
+	gen  uint64
+}
+
+func newVerifyCache(entries, negEntries int64, ttl time.Duration) (*verifyCache, error) {
+	pos, err := ristretto.NewCache(ristrettoConfig[*posEntry](entries))
+	if err != nil {
+		return nil, fmt.Errorf("verify cache: %w", err)
+	}
+	neg, err := ristretto.NewCache(ristrettoConfig[*negEntry](negEntries))
+	if err != nil {
+		pos.Close()
+		return nil, fmt.Errorf("negative cache: %w", err)
+	}
+	return &verifyCache{pos: pos, neg: neg, ttl: ttl}, nil
+}
+
+func (c *verifyCache) gen(h SecretHash) *atomic.Uint64 {
+	return &c.gens[h.cacheKey()%genStripes]
+}
+
+// invalidate runs after a write to h has committed.
+func (c *verifyCache) invalidate(h SecretHash) {
+	c.gen(h).Add(1)
+	c.pos.Del(h.cacheKey())
+	c.neg.Del(h.cacheKey())
+}
+
+func (c *verifyCache) close() {
+	c.pos.Close()
+	c.neg.Close()
+}
+
+// Wait blocks until pending cache writes are applied (tests and benchmarks).
+func (s *Store) Wait() {
+	s.vcache.pos.Wait()
+	s.vcache.neg.Wait()
+}
+
+// CacheMetrics returns hits and misses of the positive cache.
+func (s *Store) CacheMetrics() (hits, misses uint64) {
+	m := s.vcache.pos.Metrics
+	if m == nil {
+		return 0, 0
+	}
+	return m.Hits(), m.Misses()
+}
+
+// Verify checks a presented secret for the tenant. It rejects malformed
+// secrets before any lookup, answers from the cache when it can, and reads
+// the store at most once on a miss. The error is non-nil only when the store
+// failed: the caller must fail closed.
+func (s *Store) Verify(tenant, secret string, now time.Time) (*KeyView, Verdict, error) {
+	if !WellFormed(KeyPrefix, secret) {
+		return nil, VerdictInvalid, nil
+	}
+	if s.closed.Load() {
+		return nil, VerdictInvalid, ErrClosed
+	}
+	h := s.hasher.hash(secret)
+	view, err := s.lookup(h)
+	if err != nil {
+		return nil, VerdictInvalid, err
+	}
+	if view == nil || view.Tenant != tenant {
+		return nil, VerdictInvalid, nil
+	}
+	if view.Revoked {
+		return view, VerdictRevoked, nil
+	}
+	if !view.ValidUntil.IsZero() && !now.Before(view.ValidUntil) {
+		return view, VerdictExpired, nil
+	}
+	return view, VerdictValid, nil
+}
+
+// lookup returns the view for a hash, or nil when no key has it.
+func (s *Store) lookup(h SecretHash) (*KeyView, error) {
+	c := s.vcache
+	ck := h.cacheKey()
+	g := c.gen(h)
+	gen := g.Load()
+	if e, ok := c.pos.Get(ck); ok && e.gen == gen && e.hash == h {
+		return e.view, nil
+	}
+	if e, ok := c.neg.Get(ck); ok && e.gen == gen && e.hash == h {
+		return nil, nil
+	}
+	view, err := s.loadView(h)
+	if err != nil {
+		return nil, err
+	}
+	if view == nil {
+		c.neg.SetWithTTL(ck, &negEntry{hash: h, gen: gen}, 1, c.ttl)
+		return nil, nil
+	}
+	c.pos.Set(ck, &posEntry{hash: h, gen: gen, view: view}, 1)
+	return view, nil
+}
+
+// loadView reads the record for h (one store read; a rotated-out secret in
+// its grace period costs a second one).
+func (s *Store) loadView(h SecretHash) (*KeyView, error) {
+	var rec keyRecord
+	if err := s.getJSON(hashKey(pKeyHash, h), &rec); err != nil {
+		if errors.Is(err, errKVNotFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	var graceUntil time.Time
+	if rec.isGrace() {
+		graceUntil = *rec.GraceUntil
+		if rec.GraceOf == nil {
+			return nil, nil
+		}
+		var cur keyRecord
+		if err := s.getJSON(hashKey(pKeyHash, *rec.GraceOf), &cur); err != nil {
+			if errors.Is(err, errKVNotFound) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("verify: %w", err)
+		}
+		rec = cur
+	}
+	allow, err := newAllowlist(rec.IPAllowlist)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", rec.ID, err)
+	}
+	v := &KeyView{
+		ID: rec.ID, Tenant: rec.Tenant, Name: rec.Name, Owner: rec.Owner, Group: rec.Group,
+		Revoked: rec.RevokedAt != nil, Allow: allow,
+	}
+	if rec.ExpiresAt != nil {
+		v.ValidUntil = *rec.ExpiresAt
+	}
+	if !graceUntil.IsZero() && (v.ValidUntil.IsZero() || graceUntil.Before(v.ValidUntil)) {
+		v.ValidUntil = graceUntil
+	}
+	return v, nil
+}
