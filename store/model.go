@@ -207,7 +207,7 @@ type keyRecord struct {
 	PrevUntil *time.Time  `json:"prev_until,omitempty"`
 
 	GraceOf    *SecretHash `json:"grace_of,omitempty"` // hash of the current record
-	GraceUntil *time.Time `json:"grace_until,omitempty"`
+	GraceUntil *time.Time  `json:"grace_until,omitempty"`
 }
 
 func (r *keyRecord) isGrace() bool { return r.GraceUntil != nil }

@@ -256,7 +256,7 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 // hotState is what the gateway needs about tenants and groups on every
 // request, kept in memory (there are few of them) and replaced whole on change.
 type hotState struct {
-	enabled map[string]bool       // tenant → api keys enabled
+	enabled map[string]bool // tenant → api keys enabled
 	groups  map[groupKey]*GroupView
 }
 

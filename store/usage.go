@@ -37,7 +37,7 @@ func (o Outcome) String() string {
 const usageWindow = 24 * time.Hour
 
 type minuteCount struct {
-	Minute int64                `json:"m"` // unix minutes
+	Minute int64               `json:"m"` // unix minutes
 	Counts [numOutcomes]uint64 `json:"c"`
 }
 

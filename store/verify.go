@@ -36,7 +36,7 @@ type KeyView struct {
 
 // Allowlist is an immutable set of client networks.
 type Allowlist struct {
-	prefixes []netip.Prefix    // linear scan: fastest for short lists
+	prefixes []netip.Prefix   // linear scan: fastest for short lists
 	ranger   cidranger.Ranger // for long lists; built once, never mutated
 }
 
