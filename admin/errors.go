@@ -1,0 +1,122 @@
+package admin
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/keygate/keygate/store"
+)
+
+// apiError is an error answer decided by the admin layer itself (auth,
+// routing, decoding, authorization). Store errors are mapped in writeError.
+type apiError struct {
+	Status  int
+	Code    string
+	Message string
+	Fields  map[string]string
+}
+
+func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+
+// errorBody is the JSON shape of every error answer:
+// {"error": {"code": "...", "message": "...", "fields": {...}}}.
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    string            `json:"code"`
+	Message string            `json:"message"`
+	Fields  map[string]string `json:"fields,omitempty"`
+}
+
+// Error codes of the admin API besides the store's own ("invalid",
+// "not_found", "conflict", "key_limit_reached", "api_keys_disabled").
+const (
+	codeUnauthorized     = "unauthorized"
+	codeForbidden        = "forbidden"
+	codeNotFound         = "not_found"
+	codeInvalid          = "invalid"
+	codeMethodNotAllowed = "method_not_allowed"
+	codeTooLarge         = "request_too_large"
+	codeUnavailable      = "unavailable"
+)
+
+// wwwAuthenticate is sent with every 401.
+const wwwAuthenticate = `Bearer realm="keygate-admin"`
+
+func errUnauthorized(msg string) error {
+	return &apiError{Status: http.StatusUnauthorized, Code: codeUnauthorized, Message: msg}
+}
+
+func errForbidden(format string, args ...any) error {
+	return &apiError{Status: http.StatusForbidden, Code: codeForbidden, Message: fmt.Sprintf(format, args...)}
+}
+
+func errNotFound(format string, args ...any) error {
+	return &apiError{Status: http.StatusNotFound, Code: codeNotFound, Message: fmt.Sprintf(format, args...)}
+}
+
+// errInvalid is a 400 naming one field.
+func errInvalid(field, problem string) error {
+	return &apiError{Status: http.StatusBadRequest, Code: codeInvalid, Message: "validation failed",
+		Fields: map[string]string{field: problem}}
+}
+
+// errBadRequest is a 400 about the request as a whole (malformed JSON).
+func errBadRequest(msg string) error {
+	return &apiError{Status: http.StatusBadRequest, Code: codeInvalid, Message: msg}
+}
+
+var (
+	errNoRoute  = &apiError{Status: http.StatusNotFound, Code: codeNotFound, Message: "no such API path"}
+	errTooLarge = &apiError{Status: http.StatusRequestEntityTooLarge, Code: codeTooLarge,
+		Message: fmt.Sprintf("the request body exceeds %d bytes", maxBodyBytes)}
+	errUnavailable = &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable,
+		Message: "the key store is unavailable; try again later"}
+)
+
+func errMethodNotAllowed(method string) error {
+	return &apiError{Status: http.StatusMethodNotAllowed, Code: codeMethodNotAllowed,
+		Message: fmt.Sprintf("method %s is not allowed on this path", method)}
+}
+
+// statusOfKind maps the store's error kinds to HTTP statuses.
+var statusOfKind = map[store.Kind]int{
+	store.KindInvalid:      http.StatusBadRequest,
+	store.KindNotFound:     http.StatusNotFound,
+	store.KindConflict:     http.StatusConflict,
+	store.KindLimit:        http.StatusConflict,
+	store.KindDisabled:     http.StatusForbidden,
+	store.KindUnauthorized: http.StatusUnauthorized,
+}
+
+// asAPIError turns any error into the answer to send. Storage failures and
+// anything unexpected become 503 "unavailable" (fail closed) without their
+// text, which stays in the log.
+func (h *Handler) asAPIError(err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	var se *store.Error
+	if errors.As(err, &se) {
+		if status, ok := statusOfKind[se.Kind]; ok {
+			return &apiError{Status: status, Code: se.Code, Message: se.Message, Fields: se.Fields}
+		}
+	}
+	if h.log != nil {
+		h.log.Errorf("admin API: %v", err)
+	}
+	return errUnavailable
+}
+
+// writeError sends err as the JSON error answer.
+func (h *Handler) writeError(w http.ResponseWriter, err error) {
+	ae := h.asAPIError(err)
+	if ae.Status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", wwwAuthenticate)
+	}
+	writeJSON(w, ae.Status, errorBody{Error: errorDetail{Code: ae.Code, Message: ae.Message, Fields: ae.Fields}})
+}
