@@ -3,10 +3,12 @@ package admin
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -176,4 +178,35 @@ func (r *response) want(t testing.TB, status int) *response {
 		t.Fatalf("status %d, want %d: %s", r.status, status, r.body)
 	}
 	return r
+}
+
+// recordedRequest is a request with a raw Authorization header and its
+// recorder, for header-level tests.
+type recordedRequest struct {
+	req *http.Request
+	rec *httptest.ResponseRecorder
+}
+
+func httptestRequest(method, path, authorization string) recordedRequest {
+	req := httptest.NewRequest(method, path, nil)
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
+	}
+	return recordedRequest{req: req, rec: httptest.NewRecorder()}
+}
+
+// recordingLogger is a store.Logger that keeps what it is given.
+type recordingLogger struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *recordingLogger) Infof(format string, args ...any) { l.add(format, args...) }
+
+func (l *recordingLogger) Errorf(format string, args ...any) { l.add(format, args...) }
+
+func (l *recordingLogger) add(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
 }
