@@ -1,0 +1,229 @@
+// Package caddymodule is keygate's thin Caddy glue: the api_keys app (which
+// owns the store shared across config reloads), the api_key gateway handler
+// and the api_key_admin handler, with their Caddyfile syntax.
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/store"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// stores shares open stores across config reloads, keyed by the canonical
+// storage path: Caddy provisions the new config before it cleans up the old
+// one, and Pebble's lock would refuse a second open (PITFALLS 1, 2).
+var stores = caddy.NewUsagePool()
+
+// App is the api_keys app. It owns the key store (Pebble), the
+// verification caches, the last-used flusher and the rate limiters.
+type App struct {
+	// Storage is the directory of the Pebble store. Default:
+	// "keygate" under Caddy's data directory.
+	Storage string `json:"storage,omitempty"`
+
+	// CacheEntries bounds the verification cache (keys). Default 100000.
+	CacheEntries int64 `json:"cache_entries,omitempty"`
+
+	// NegativeCacheEntries bounds the cache of unknown secrets. Default 10000.
+	NegativeCacheEntries int64 `json:"negative_cache_entries,omitempty"`
+
+	// NegativeTTL is how long an unknown secret stays cached. Default 10s.
+	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
+
+	// FlushInterval is how often last-used times and usage counters are
+	// written to the store. Default 5s.
+	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
+
+	// Pepper, when set, hashes secrets with HMAC-SHA-256 keyed by it
+	// (placeholders such as {env.KEYGATE_PEPPER} are expanded). Changing it
+	// invalidates every existing key.
+	Pepper string `json:"pepper,omitempty"`
+
+	path   string
+	shared *shared
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "api_keys",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision resolves the storage path and joins (or creates) the shared
+// state for it. The store itself is opened in Start (or by the first
+// request), so that `caddy validate` in a second process never needs the
+// running server's lock (PITFALLS 8).
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	dir := repl.ReplaceAll(a.Storage, "")
+	if dir == "" {
+		dir = filepath.Join(caddy.AppDataDir(), "keygate")
+	}
+	path, err := canonicalPath(dir)
+	if err != nil {
+		return fmt.Errorf("api_keys storage: %w", err)
+	}
+	opts := store.Options{
+		Dir:             path,
+		CacheEntries:    a.CacheEntries,
+		NegativeEntries: a.NegativeCacheEntries,
+		NegativeTTL:     time.Duration(a.NegativeTTL),
+		FlushInterval:   time.Duration(a.FlushInterval),
+		Logger:          zapLogger{},
+		Decorate:        decorate,
+	}
+	if p := repl.ReplaceAll(a.Pepper, ""); p != "" {
+		opts.Pepper = []byte(p)
+	}
+	val, loaded, err := stores.LoadOrNew(path, func() (caddy.Destructor, error) {
+		return newShared(opts), nil
+	})
+	if err != nil {
+		return err
+	}
+	a.path = path
+	a.shared = val.(*shared)
+	if loaded && !a.shared.sameOptions(opts) {
+		a.logger.Warn("api_keys options other than storage take effect when the store is next opened (restart, or reload to another path)",
+			zap.String("storage", path))
+	}
+	registerMetrics(ctx, a.shared)
+	return nil
+}
+
+// Start opens the store if no earlier config has.
+func (a *App) Start() error {
+	if _, err := a.shared.open(); err != nil {
+		return err
+	}
+	a.logger.Info("api key store ready", zap.String("storage", a.path))
+	return nil
+}
+
+// Stop does nothing: the store outlives this config while another config
+// uses it; Cleanup releases it.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's hold on the shared store; the last holder
+// flushes and closes it. It also runs after a failed Provision.
+func (a *App) Cleanup() error {
+	if a.shared == nil {
+		return nil
+	}
+	a.shared = nil
+	_, err := stores.Delete(a.path)
+	return err
+}
+
+// canonicalPath makes one string of every spelling of a directory
+// (relative, absolute, through symlinks), creating it if needed.
+func canonicalPath(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	abs = filepath.Clean(abs)
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(abs)
+}
+
+// shared is the state that outlives a config: it must not keep a
+// caddy.Context or its logger (PITFALLS 3).
+type shared struct {
+	opts store.Options
+
+	mu    sync.Mutex
+	st    *store.Store
+	ready chan struct{} // closed once st is set
+	err   error
+
+	limiters limiterSet
+	outcomes outcomeCounters
+}
+
+func newShared(opts store.Options) *shared {
+	return &shared{opts: opts, ready: make(chan struct{})}
+}
+
+func (s *shared) sameOptions(o store.Options) bool {
+	a, b := s.opts, o
+	return a.CacheEntries == b.CacheEntries && a.NegativeEntries == b.NegativeEntries &&
+		a.NegativeTTL == b.NegativeTTL && a.FlushInterval == b.FlushInterval && string(a.Pepper) == string(b.Pepper)
+}
+
+var errNotOpen = errors.New("api key store is not open")
+
+// open opens the store once; later calls return it.
+func (s *shared) open() (*store.Store, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.st != nil {
+		return s.st, nil
+	}
+	st, err := store.Open(s.opts)
+	if err != nil {
+		return nil, fmt.Errorf("open api key store at %s: %w", s.opts.Dir, err)
+	}
+	s.st = st
+	close(s.ready)
+	return st, nil
+}
+
+// store returns the open store, opening it on first use.
+func (s *shared) store() (*store.Store, error) {
+	select {
+	case <-s.ready:
+		return s.st, nil
+	default:
+		return s.open()
+	}
+}
+
+// Destruct flushes buffered usage and closes the store when the last
+// config using it is cleaned up.
+func (s *shared) Destruct() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.st == nil {
+		return nil
+	}
+	return s.st.Close()
+}
+
+// zapLogger sends store diagnostics to Caddy's current default logger; it
+// looks the logger up on each call because the store outlives configs.
+type zapLogger struct{}
+
+func (zapLogger) Infof(format string, args ...any) {
+	caddy.Log().Named("api_keys.store").Sugar().Infof(format, args...)
+}
+
+func (zapLogger) Errorf(format string, args ...any) {
+	caddy.Log().Named("api_keys.store").Sugar().Errorf(format, args...)
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ caddy.Destructor   = (*shared)(nil)
+)

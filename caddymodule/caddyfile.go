@@ -1,0 +1,158 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("api_keys", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("api_key", parseHandler)
+	httpcaddyfile.RegisterDirectiveOrder("api_key", httpcaddyfile.Before, "basic_auth")
+}
+
+// parseGlobalOption sets up the api_keys app:
+//
+//	api_keys {
+//	    storage        <dir>
+//	    cache          <entries>
+//	    negative_cache <entries>
+//	    negative_ttl   <duration>
+//	    flush_interval <duration>
+//	    pepper         <secret>
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "api_keys", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile reads the api_keys global option block.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		val := d.Val()
+		switch opt {
+		case "storage":
+			a.Storage = val
+		case "pepper":
+			a.Pepper = val
+		case "cache", "negative_cache":
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || n < 1 {
+				return d.Errf("%s: want a positive number of entries, got %q", opt, val)
+			}
+			if opt == "cache" {
+				a.CacheEntries = n
+			} else {
+				a.NegativeCacheEntries = n
+			}
+		case "negative_ttl", "flush_interval":
+			dur, err := caddy.ParseDuration(val)
+			if err != nil || dur <= 0 {
+				return d.Errf("%s: want a positive duration, got %q", opt, val)
+			}
+			if opt == "negative_ttl" {
+				a.NegativeTTL = caddy.Duration(dur)
+			} else {
+				a.FlushInterval = caddy.Duration(dur)
+			}
+		default:
+			return d.Errf("unknown api_keys option %q", opt)
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile reads the api_key directive:
+//
+//	api_key [<matcher>] {
+//	    tenant            <id>
+//	    header            <name>
+//	    bearer            on|off
+//	    strip_credentials on|off
+//	    allow_groups      <group...>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch opt := d.Val(); opt {
+		case "tenant", "header":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if opt == "tenant" {
+				h.Tenant = d.Val()
+			} else {
+				h.Header = d.Val()
+			}
+		case "bearer", "strip_credentials":
+			on, err := onOff(d)
+			if err != nil {
+				return err
+			}
+			if opt == "bearer" {
+				h.Bearer = &on
+			} else {
+				h.StripCredentials = &on
+			}
+		case "allow_groups":
+			h.AllowGroups = append(h.AllowGroups, d.RemainingArgs()...)
+			if len(h.AllowGroups) == 0 {
+				return d.ArgErr()
+			}
+			continue
+		default:
+			return d.Errf("unknown api_key option %q", opt)
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+func onOff(d *caddyfile.Dispenser) (bool, error) {
+	if !d.NextArg() {
+		return false, d.ArgErr()
+	}
+	switch d.Val() {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, d.Errf("want on or off, got %q", d.Val())
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)

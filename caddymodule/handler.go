@@ -1,0 +1,239 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/netip"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/store"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler is the api_key gateway: it admits a request only with a valid API
+// key of its tenant, then hands it to the next handler (usually
+// reverse_proxy). Rejections follow the spec's outcome table, in order.
+type Handler struct {
+	// Tenant whose keys this route accepts. It need not exist yet: keys of a
+	// missing tenant are simply unknown. Default "default".
+	Tenant string `json:"tenant,omitempty"`
+
+	// Header carrying the key. Default "X-API-Key".
+	Header string `json:"header,omitempty"`
+
+	// Bearer also reads "Authorization: Bearer <key>". Default true.
+	Bearer *bool `json:"bearer,omitempty"`
+
+	// StripCredentials removes the header that carried the key before the
+	// request goes upstream, so the upstream never sees the secret.
+	// Default true.
+	StripCredentials *bool `json:"strip_credentials,omitempty"`
+
+	// AllowGroups, when set, admits only keys of these groups on this route.
+	AllowGroups []string `json:"allow_groups,omitempty"`
+
+	shared *shared
+	header string // canonical form of Header
+	bearer bool
+	strip  bool
+	now    func() time.Time
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.api_key",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision joins the api_keys app (instantiated with defaults if the config
+// does not mention it) and applies defaults.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	appVal, err := ctx.App("api_keys")
+	if err != nil {
+		return fmt.Errorf("api_key: %w", err)
+	}
+	h.shared = appVal.(*App).shared
+	h.logger = ctx.Logger()
+	if h.Tenant == "" {
+		h.Tenant = store.DefaultTenant
+	}
+	if h.Header == "" {
+		h.Header = "X-API-Key"
+	}
+	h.header = http.CanonicalHeaderKey(h.Header)
+	h.bearer = h.Bearer == nil || *h.Bearer
+	h.strip = h.StripCredentials == nil || *h.StripCredentials
+	if h.now == nil {
+		h.now = time.Now
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if strings.EqualFold(h.header, "Authorization") {
+		return errors.New("api_key: header must not be Authorization (use bearer on)")
+	}
+	for _, g := range h.AllowGroups {
+		if g == "" {
+			return errors.New("api_key: allow_groups has an empty group name")
+		}
+	}
+	return nil
+}
+
+// credential returns the presented secret and whether it came from the
+// Authorization header.
+func (h *Handler) credential(r *http.Request) (string, bool) {
+	if v := r.Header.Get(h.header); v != "" {
+		return strings.TrimSpace(v), false
+	}
+	if h.bearer {
+		if v := r.Header.Get("Authorization"); len(v) > 7 && strings.EqualFold(v[:7], "Bearer ") {
+			return strings.TrimSpace(v[7:]), true
+		}
+	}
+	return "", false
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	secret, fromAuthorization := h.credential(r)
+	if secret == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="keygate"`)
+		return h.reject(w, r, outcomeMissingKey, http.StatusUnauthorized, "an API key is required (X-API-Key or Authorization: Bearer)")
+	}
+	if len(secret) > store.MaxSecretLen {
+		return h.reject(w, r, outcomeInvalidKey, http.StatusUnauthorized, "invalid API key")
+	}
+	st, err := h.shared.store()
+	if err != nil {
+		return h.unavailable(w, r, err)
+	}
+	now := h.now()
+	view, verdict, err := st.Verify(h.Tenant, secret, now)
+	if err != nil {
+		return h.unavailable(w, r, err)
+	}
+	switch verdict {
+	case store.VerdictInvalid:
+		return h.reject(w, r, outcomeInvalidKey, http.StatusUnauthorized, "invalid API key")
+	case store.VerdictRevoked:
+		st.RecordUse(view, netip.Addr{}, store.OutcomeRevoked, now)
+		return h.reject(w, r, outcomeRevoked, http.StatusUnauthorized, "this API key has been revoked")
+	case store.VerdictExpired:
+		st.RecordUse(view, netip.Addr{}, store.OutcomeExpired, now)
+		return h.reject(w, r, outcomeExpired, http.StatusUnauthorized, "this API key has expired")
+	}
+	if !st.TenantEnabled(h.Tenant) {
+		st.RecordUse(view, netip.Addr{}, store.OutcomeDisabled, now)
+		return h.reject(w, r, outcomeDisabled, http.StatusForbidden, "API keys are disabled for this tenant")
+	}
+	ip := clientIP(r)
+	if view.Allow != nil {
+		if r.TLS != nil && !r.TLS.HandshakeComplete {
+			// 0-RTT: the client address is not verified yet (as Caddy's
+			// remote_ip matcher does).
+			return caddyhttp.Error(http.StatusTooEarly, errors.New("TLS handshake not complete"))
+		}
+		if !ip.IsValid() || !view.Allow.Contains(ip) {
+			st.RecordUse(view, ip, store.OutcomeIPNotAllowed, now)
+			return h.reject(w, r, outcomeIPNotAllowed, http.StatusForbidden, "this API key may not be used from this IP address")
+		}
+	}
+	group, ok := h.groupFor(st, view, r)
+	if !ok {
+		st.RecordUse(view, ip, store.OutcomeForbidden, now)
+		return h.reject(w, r, outcomeForbidden, http.StatusForbidden, "this API key may not call this route")
+	}
+	if group != nil && group.RateLimit != nil {
+		d := h.shared.limiters.allow(view.ID, group.RateLimit, now)
+		if !d.allowed {
+			hdr := w.Header()
+			hdr.Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(d.retryAfter)))))
+			hdr.Set("RateLimit-Limit", strconv.Itoa(d.limit))
+			hdr.Set("RateLimit-Remaining", strconv.Itoa(d.remaining))
+			hdr.Set("RateLimit-Reset", strconv.Itoa(max(1, int(math.Ceil(d.resetAfter)))))
+			st.RecordUse(view, ip, store.OutcomeRateLimited, now)
+			return h.reject(w, r, outcomeRateLimited, http.StatusTooManyRequests, "rate limit exceeded")
+		}
+	}
+
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Map(placeholdersOf(view))
+	if h.strip {
+		if fromAuthorization {
+			r.Header.Del("Authorization")
+		} else {
+			r.Header.Del(h.header)
+		}
+	}
+	st.RecordUse(view, ip, store.OutcomeOK, now)
+	h.shared.outcomes.inc(outcomeOK)
+	return next.ServeHTTP(w, r)
+}
+
+// groupFor applies allow_groups and the key's group rules. It returns the
+// key's group (nil for a key without one) and whether the request may pass.
+func (h *Handler) groupFor(st *store.Store, view *store.KeyView, r *http.Request) (*store.GroupView, bool) {
+	if len(h.AllowGroups) > 0 {
+		found := false
+		for _, g := range h.AllowGroups {
+			if g == view.Group {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return nil, false
+		}
+	}
+	if view.Group == "" {
+		return nil, true
+	}
+	g := st.GroupView(view.Tenant, view.Group)
+	if g == nil {
+		return nil, false // the group vanished: fail closed
+	}
+	p := r.URL.Path
+	if p == "" {
+		p = "/"
+	}
+	return g, g.Allows(r.Method, path.Clean(p))
+}
+
+// clientIP is Caddy's client_ip (which honours trusted_proxies), unmapped.
+func clientIP(r *http.Request) netip.Addr {
+	s, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip.Unmap()
+}
+
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
+	h.logger.Error("api key store unavailable; failing closed", zap.Error(err))
+	return h.reject(w, r, outcomeUnavailable, http.StatusServiceUnavailable, "the API key store is unavailable")
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

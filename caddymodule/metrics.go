@@ -1,0 +1,87 @@
+package caddymodule
+
+import (
+	"errors"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// outcome of one gateway request, for metrics (no per-key labels).
+type outcome uint8
+
+const (
+	outcomeOK outcome = iota
+	outcomeMissingKey
+	outcomeInvalidKey
+	outcomeRevoked
+	outcomeExpired
+	outcomeDisabled
+	outcomeIPNotAllowed
+	outcomeForbidden
+	outcomeRateLimited
+	outcomeUnavailable
+	numOutcomes
+)
+
+var outcomeCodes = [numOutcomes]string{
+	"ok", "missing_key", "invalid_key", "key_revoked", "key_expired",
+	"api_keys_disabled", "ip_not_allowed", "forbidden", "rate_limited", "unavailable",
+}
+
+type outcomeCounters [numOutcomes]atomic.Uint64
+
+func (c *outcomeCounters) inc(o outcome) { c[o].Add(1) }
+
+var (
+	descRequests = prometheus.NewDesc("keygate_requests_total",
+		"Gateway requests by outcome.", []string{"outcome"}, nil)
+	descCacheHits = prometheus.NewDesc("keygate_cache_hits_total",
+		"Verification cache hits.", nil, nil)
+	descCacheMisses = prometheus.NewDesc("keygate_cache_misses_total",
+		"Verification cache misses.", nil, nil)
+	descFlushes = prometheus.NewDesc("keygate_usage_flushes_total",
+		"Flushes of buffered last-used and usage data.", nil, nil)
+	descFlushSeconds = prometheus.NewDesc("keygate_usage_flush_seconds_total",
+		"Time spent writing usage flushes.", nil, nil)
+)
+
+// collector reads the shared state's counters at scrape time, so metrics
+// carry on across reloads while each config's registry gets its own view.
+type collector struct{ s *shared }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRequests
+	ch <- descCacheHits
+	ch <- descCacheMisses
+	ch <- descFlushes
+	ch <- descFlushSeconds
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	for o := range numOutcomes {
+		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.s.outcomes[o].Load()), outcomeCodes[o])
+	}
+	st, err := c.s.store()
+	if err != nil {
+		return
+	}
+	hits, misses := st.CacheMetrics()
+	ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(hits))
+	ch <- prometheus.MustNewConstMetric(descCacheMisses, prometheus.CounterValue, float64(misses))
+	fs := st.FlushStats()
+	ch <- prometheus.MustNewConstMetric(descFlushes, prometheus.CounterValue, float64(fs.Flushes))
+	ch <- prometheus.MustNewConstMetric(descFlushSeconds, prometheus.CounterValue, fs.TotalSeconds)
+}
+
+func registerMetrics(ctx caddy.Context, s *shared) {
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
+		return
+	}
+	var already prometheus.AlreadyRegisteredError
+	if err := reg.Register(collector{s}); err != nil && !errors.As(err, &already) {
+		ctx.Logger().Warn("registering api_keys metrics failed")
+	}
+}
