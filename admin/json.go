@@ -19,18 +19,22 @@ import (
 // maxBodyBytes bounds request bodies (SPEC: 413 above 1 MiB).
 const maxBodyBytes = 1 << 20
 
-// writeJSON sends v as the JSON answer with the status.
+// writeJSON sends v as the JSON answer with the status. Answers are
+// application/json, so <, > and & need no HTML escaping.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
-	if err != nil {
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		// Only our own response types are encoded; this cannot happen.
 		status = http.StatusServiceUnavailable
-		body, _ = json.Marshal(errorBody{Error: errorDetail{Code: errUnavailable.Code, Message: errUnavailable.Message}})
+		body.Reset()
+		_ = enc.Encode(errorBody{Error: errorDetail{Code: errUnavailable.Code, Message: errUnavailable.Message}})
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.Header().Set("Content-Length", strconv.Itoa(body.Len()))
 	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body.Bytes())
 }
 
 // decodeBody reads a JSON object of at most maxBodyBytes into dst, a

@@ -6,8 +6,11 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/keygate/keygate/store"
 )
@@ -352,5 +355,32 @@ func TestKeyUsage(t *testing.T) {
 	fx.do(developer, "GET", "/v1/tenants/acme/keys/"+fx.devKey.ID+"/usage", nil).want(t, http.StatusOK).decode(t, &u)
 	if u.Total != 2 || u.Outcomes["ok"] != 1 || u.Outcomes["ip_not_allowed"] != 1 || len(u.PerMinute) == 0 || u.LastUsedAt == nil {
 		t.Fatalf("usage %+v", u)
+	}
+}
+
+// TestExpiredTokenIsUnauthorized: a user token stops working when it
+// expires.
+func TestExpiredTokenIsUnauthorized(t *testing.T) {
+	now := time.Now()
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	st, err := store.Open(store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	fx := &fixture{t: t, st: st, h: New(st, Config{OperatorTokens: []string{testOperatorToken}})}
+	fx.tokens[operator] = testOperatorToken
+	fx.do(operator, "PUT", "/v1/tenants/default/users/temp", map[string]any{"roles": []string{"developer"}}).want(t, http.StatusCreated)
+	var created tokenCreated
+	fx.do(operator, "POST", "/v1/tenants/default/users/temp/tokens", map[string]any{"expires_at": now.Add(time.Hour)}).
+		want(t, http.StatusCreated).decode(t, &created)
+	fx.doToken(created.Secret, "GET", "/v1/me", nil).want(t, http.StatusOK)
+	mu.Lock()
+	now = now.Add(time.Hour)
+	mu.Unlock()
+	res := fx.doToken(created.Secret, "GET", "/v1/me", nil).want(t, http.StatusUnauthorized)
+	if res.header.Get("WWW-Authenticate") == "" || res.apiErr(t).Code != "unauthorized" {
+		t.Fatalf("expired token: %v %s", res.header, res.body)
 	}
 }
