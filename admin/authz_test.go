@@ -2,6 +2,7 @@ package admin
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -72,6 +73,18 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/v1/tenants/acme/keys/{key}/revoke", nil, allowed(ok, nf, ok, nf, ok)},
 		{"GET", "/v1/tenants/acme/keys/{key}/usage", nil, allowed(ok, nf, ok, nf, ok)},
 		{"GET", "/v1/tenants/acme/events", nil, allowed(no, no, ok, nf, ok)},
+	}
+	// Every registered endpoint has a row.
+	covered := map[string]bool{}
+	mux := New(nil, Config{}).mux
+	for _, row := range rows {
+		_, pattern := mux.Handler(httptest.NewRequest(row.method, row.path, nil))
+		covered[pattern] = true
+	}
+	for _, pattern := range New(nil, Config{}).patterns {
+		if !covered[pattern] {
+			t.Errorf("no matrix row for %s", pattern)
+		}
 	}
 	for _, row := range rows {
 		t.Run(row.method+" "+row.path, func(t *testing.T) {

@@ -36,6 +36,7 @@ type Handler struct {
 	log       store.Logger
 	operators [][32]byte // SHA-256 digests of the operator tokens
 	mux       *http.ServeMux
+	patterns  []string // every registered "METHOD /path" (tests check each is covered)
 }
 
 // New returns the admin API handler over st.
@@ -97,6 +98,7 @@ func (h *Handler) routes() {
 
 // handle registers fn behind authentication.
 func (h *Handler) handle(pattern string, fn endpoint) {
+	h.patterns = append(h.patterns, pattern)
 	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		p, err := h.authenticate(r)
 		if err == nil {
