@@ -14,6 +14,8 @@ func init() {
 	httpcaddyfile.RegisterGlobalOption("api_keys", parseGlobalOption)
 	httpcaddyfile.RegisterHandlerDirective("api_key", parseHandler)
 	httpcaddyfile.RegisterDirectiveOrder("api_key", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterHandlerDirective("api_key_admin", parseAdmin)
+	httpcaddyfile.RegisterDirectiveOrder("api_key_admin", httpcaddyfile.Before, "reverse_proxy")
 }
 
 // parseGlobalOption sets up the api_keys app:
@@ -151,8 +153,42 @@ func onOff(d *caddyfile.Dispenser) (bool, error) {
 	return false, d.Errf("want on or off, got %q", d.Val())
 }
 
+func parseAdmin(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(AdminHandler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile reads the api_key_admin directive:
+//
+//	api_key_admin [<matcher>] {
+//	    operator_token <token>   # repeatable; placeholders such as {env.X} work
+//	}
+func (a *AdminHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "operator_token":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			a.OperatorTokens = append(a.OperatorTokens, d.Val())
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unknown api_key_admin option %q", d.Val())
+		}
+	}
+	return nil
+}
+
 // Interface guards
 var (
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*AdminHandler)(nil)
 )

@@ -1,0 +1,97 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/admin"
+)
+
+func init() {
+	caddy.RegisterModule(AdminHandler{})
+}
+
+// AdminHandler serves keygate's admin REST API (/v1/…) on whatever site
+// and path the operator mounts it, so it gets Caddy's TLS. Requests it does
+// not route answer 404 from the API itself.
+type AdminHandler struct {
+	// OperatorTokens are bearer tokens with every right. Placeholders such
+	// as {env.KEYGATE_OPERATOR_TOKEN} are expanded; a token that expands to
+	// the empty string is ignored (never "no token").
+	OperatorTokens []string `json:"operator_tokens,omitempty"`
+
+	shared *shared
+	tokens []string
+	logger *zap.Logger
+	api    *lazyAPI
+}
+
+// lazyAPI builds the REST handler on first use: the store opens when the
+// app starts, after handlers are provisioned.
+type lazyAPI struct {
+	once sync.Once
+	h    http.Handler
+	err  error
+}
+
+// CaddyModule returns the Caddy module information.
+func (AdminHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.api_key_admin",
+		New: func() caddy.Module { return new(AdminHandler) },
+	}
+}
+
+// Provision expands the operator tokens and joins the api_keys app.
+func (a *AdminHandler) Provision(ctx caddy.Context) error {
+	appVal, err := ctx.App("api_keys")
+	if err != nil {
+		return fmt.Errorf("api_key_admin: %w", err)
+	}
+	a.shared = appVal.(*App).shared
+	a.logger = ctx.Logger()
+	a.api = new(lazyAPI)
+	repl := caddy.NewReplacer()
+	for i, t := range a.OperatorTokens {
+		v := repl.ReplaceAll(t, "")
+		if v == "" {
+			a.logger.Warn("operator token is empty after expanding placeholders; ignored", zap.Int("index", i))
+			continue
+		}
+		if len(v) < 16 {
+			return fmt.Errorf("api_key_admin: operator_token %d is shorter than 16 characters", i)
+		}
+		a.tokens = append(a.tokens, v)
+	}
+	return nil
+}
+
+func (a *AdminHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	api := a.api
+	api.once.Do(func() {
+		st, err := a.shared.store()
+		if err != nil {
+			api.err = err
+			return
+		}
+		api.h = admin.New(st, admin.Config{OperatorTokens: a.tokens, Logger: zapLogger{}})
+	})
+	if api.h == nil {
+		a.logger.Error("api key store unavailable", zap.Error(api.err))
+		return caddyhttp.Error(http.StatusServiceUnavailable, errors.New("api key store unavailable"))
+	}
+	api.h.ServeHTTP(w, r)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*AdminHandler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*AdminHandler)(nil)
+)
