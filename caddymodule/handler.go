@@ -69,6 +69,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.shared = appVal.(*App).shared
 	h.logger = ctx.Logger()
+	return h.provisionDefaults()
+}
+
+func (h *Handler) provisionDefaults() error {
 	if h.Tenant == "" {
 		h.Tenant = store.DefaultTenant
 	}
