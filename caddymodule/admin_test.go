@@ -1,0 +1,110 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestAdminThroughCaddy drives the admin API mounted with api_key_admin and
+// checks that its changes reach the gateway at once, and that /metrics
+// counts outcomes.
+func TestAdminThroughCaddy(t *testing.T) {
+	up := echoUpstream(t)
+	dir := t.TempDir()
+	gw, adm, caddyAdmin := freePort(t), freePort(t), freePort(t)
+	const op = "test-operator-token-0123456789"
+	t.Setenv("KEYGATE_TEST_OP", op)
+	startCaddy(t, fmt.Sprintf(`{
+	admin 127.0.0.1:%[4]d
+	persist_config off
+	storage file_system %[1]s/caddy
+	log {
+		level error
+	}
+	api_keys {
+		storage %[1]s
+	}
+}
+http://127.0.0.1:%[2]d {
+	bind 127.0.0.1
+	api_key
+	reverse_proxy %[5]s
+}
+http://127.0.0.1:%[3]d {
+	bind 127.0.0.1
+	api_key_admin {
+		operator_token {env.KEYGATE_TEST_OP}
+		operator_token {env.KEYGATE_UNSET_VARIABLE}
+	}
+}`, dir, gw, adm, caddyAdmin, up.Listener.Addr()))
+	api := fmt.Sprintf("http://127.0.0.1:%d", adm)
+	call := func(method, path, token, body string) (int, map[string]any) {
+		t.Helper()
+		req, _ := http.NewRequest(method, api+path, bytes.NewBufferString(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		var out map[string]any
+		_ = json.Unmarshal(raw, &out)
+		return resp.StatusCode, out
+	}
+	if code, _ := call("GET", "/v1/me", "", ""); code != 401 {
+		t.Fatalf("no token: %d", code)
+	}
+	if code, _ := call("GET", "/v1/me", " ", ""); code != 401 {
+		t.Fatalf("blank token (unset variable must not match): %d", code)
+	}
+	if code, _ := call("PATCH", "/v1/tenants/default/settings", op, `{"api_keys_enabled": true}`); code != 200 {
+		t.Fatalf("enable: %d", code)
+	}
+	code, created := call("POST", "/v1/tenants/default/keys", op, `{"name": "through caddy", "owner": "svc"}`)
+	if code != 201 {
+		t.Fatalf("create: %d %v", code, created)
+	}
+	secret := created["secret"].(string)
+	id := created["key"].(map[string]any)["id"].(string)
+	gwURL := fmt.Sprintf("http://127.0.0.1:%d/", gw)
+	if r := get(t, gwURL, map[string]string{"X-API-Key": secret}); r.status != 200 {
+		t.Fatalf("new key: %d %s", r.status, r.body)
+	}
+	if code, _ := call("POST", "/v1/tenants/default/keys/"+id+"/revoke", op, ""); code != 200 {
+		t.Fatalf("revoke: %d", code)
+	}
+	if r := get(t, gwURL, map[string]string{"X-API-Key": secret}); r.status != 401 || r.code() != "key_revoked" {
+		t.Fatalf("after revoke: %d %s", r.status, r.body)
+	}
+	if r := get(t, gwURL, nil); r.status != 401 {
+		t.Fatalf("no key: %d", r.status)
+	}
+	// A gateway key is not an admin token.
+	if code, _ := call("GET", "/v1/me", secret, ""); code != 401 {
+		t.Fatalf("gateway key as admin token: %d", code)
+	}
+
+	m := get(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", caddyAdmin), nil)
+	for _, want := range []string{
+		`keygate_requests_total{outcome="ok"} 1`,
+		`keygate_requests_total{outcome="key_revoked"} 1`,
+		`keygate_requests_total{outcome="missing_key"} 1`,
+		`keygate_cache_hits_total`,
+		`keygate_usage_flushes_total`,
+	} {
+		if !strings.Contains(string(m.body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(string(m.body), id) {
+		t.Error("/metrics has a per-key label")
+	}
+}
