@@ -79,6 +79,7 @@ func TestGatewayOutcomes(t *testing.T) {
 		{"admin token is not a key", g.url + "/x", "GET", map[string]string{"X-API-Key": store.NewSecret(store.TokenPrefix)}, 401, "invalid_key"},
 		{"other tenant's key", g.url + "/x", "GET", map[string]string{"X-API-Key": otherTenant}, 401, "invalid_key"},
 		{"valid header", g.url + "/x", "GET", map[string]string{"X-API-Key": secret}, 200, ""},
+		{"blank header falls back to bearer", g.url + "/x", "GET", map[string]string{"X-API-Key": " ", "Authorization": "Bearer " + secret}, 200, ""},
 		{"valid bearer", g.url + "/x", "GET", map[string]string{"Authorization": "Bearer " + secret}, 200, ""},
 		{"bearer lower-case scheme", g.url + "/x", "GET", map[string]string{"Authorization": "bearer " + secret}, 200, ""},
 		{"basic auth is no key", g.url + "/x", "GET", map[string]string{"Authorization": "Basic " + secret}, 401, "missing_key"},

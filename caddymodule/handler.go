@@ -104,8 +104,8 @@ func (h *Handler) Validate() error {
 // credential returns the presented secret and whether it came from the
 // Authorization header.
 func (h *Handler) credential(r *http.Request) (string, bool) {
-	if v := r.Header.Get(h.header); v != "" {
-		return strings.TrimSpace(v), false
+	if v := strings.TrimSpace(r.Header.Get(h.header)); v != "" {
+		return v, false
 	}
 	if h.bearer {
 		if v := r.Header.Get("Authorization"); len(v) > 7 && strings.EqualFold(v[:7], "Bearer ") {
