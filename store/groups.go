@@ -62,6 +62,7 @@ func checkGroup(f fieldErrors, in *GroupInput) {
 func (s *Store) PutGroup(actor, tenant, name string, in GroupInput) (*Group, error) {
 	f := fieldErrors{}
 	checkID(f, "group", name)
+	in.Rules = cloneRules(in.Rules) // checkGroup normalises; never the caller's slices
 	checkGroup(f, &in)
 	if err := f.err(); err != nil {
 		return nil, err
@@ -90,6 +91,24 @@ func (s *Store) PutGroup(actor, tenant, name string, in GroupInput) (*Group, err
 		return nil, err
 	}
 	return &g, nil
+}
+
+func cloneRules(rules []Rule) []Rule {
+	if rules == nil {
+		return nil
+	}
+	out := make([]Rule, len(rules))
+	for i, r := range rules {
+		out[i] = Rule{Methods: cloneStrings(r.Methods), Paths: cloneStrings(r.Paths)}
+	}
+	return out
+}
+
+func cloneStrings(s []string) []string {
+	if s == nil {
+		return nil
+	}
+	return append(make([]string, 0, len(s)), s...)
 }
 
 // GetGroup returns a group of the tenant.

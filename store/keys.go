@@ -414,14 +414,16 @@ func (s *Store) UpdateKey(actor, tenant, id string, p KeyPatch) (*Key, error) {
 	if p.IPAllowlist.Set && !p.IPAllowlist.Null {
 		allow = parseAllowlist(f, "ip_allowlist", p.IPAllowlist.Value)
 	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	// The group is checked under the write lock: DeleteGroup checks that no
+	// key uses a group under it too.
 	if p.Group.Set && !p.Group.Null {
 		s.checkGroupExists(f, tenant, p.Group.Value)
 	}
 	if err := f.err(); err != nil {
 		return nil, err
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	st, err := s.settingsOf(tenant)
 	if err != nil {
 		return nil, err
@@ -505,8 +507,11 @@ func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 		b.Delete(hashKey(pKeyHash, *rec.PrevHash))
 		rec.PrevHash, rec.PrevUntil = nil, nil
 	}
-	if grace > 0 {
-		until := now.Add(grace)
+	until := now.Add(grace)
+	if rec.ExpiresAt != nil && rec.ExpiresAt.Before(until) {
+		until = *rec.ExpiresAt // the old secret never outlives its expiry
+	}
+	if grace > 0 && until.After(now) {
 		b.Set(hashKey(pKeyHash, oldHash), mustJSON(&keyRecord{ID: id, GraceOf: &h, GraceUntil: &until, CreatedAt: rec.CreatedAt, UpdatedAt: now}))
 		rec.PrevHash, rec.PrevUntil = &oldHash, &until
 	} else {
@@ -636,6 +641,12 @@ func (s *Store) DeleteKey(actor, tenant, id string) error {
 	if err != nil {
 		return err
 	}
+	// Load the tenant's key count before the delete commits, so that a
+	// concurrent first count cannot see the delete and have it subtracted
+	// again below.
+	if _, err := s.countTenantKeys(tenant); err != nil {
+		return err
+	}
 	var b Batch
 	s.deleteInto(&b, rec, h, actor, s.now().UTC())
 	if err := s.apply(&b); err != nil {
@@ -655,6 +666,9 @@ func (s *Store) DeleteOwnerKeys(actor, tenant, owner string) (int, error) {
 	}
 	recs, err := s.ownerKeys(tenant, owner)
 	if err != nil {
+		return 0, err
+	}
+	if _, err := s.countTenantKeys(tenant); err != nil { // see DeleteKey
 		return 0, err
 	}
 	now := s.now().UTC()

@@ -24,6 +24,7 @@ const SchemaVersion = 1
 // Storage layout. Ids never contain '/', so prefixes never overlap.
 //
 //	meta/schema                  → SchemaVersion
+//	meta/last_event              → id of the newest event
 //	t/<tenant>                   → tenantRecord
 //	u/<tenant>/<user>            → User
 //	tk/<token id>                → tokenRecord
@@ -93,6 +94,9 @@ type Options struct {
 	Pepper []byte
 	// Now is the clock (tests inject one).
 	Now func() time.Time
+	// Decorate, when set, is called once for each key view built for the
+	// verification cache; its result is kept in KeyView.Extra.
+	Decorate func(*KeyView) any
 }
 
 // Store is safe for concurrent use.
@@ -102,6 +106,8 @@ type Store struct {
 	now    func() time.Time
 	hasher hasher
 
+	decorate func(*KeyView) any
+
 	// wmu serialises domain writes: the read-validate-write of limits and
 	// state transitions must not interleave.
 	wmu sync.Mutex
@@ -110,6 +116,7 @@ type Store struct {
 	hmu sync.Mutex // guards hot replacement
 
 	vcache *verifyCache
+	guards [guardStripes]guardStripe
 	usage  *usageBuffer
 
 	lastEvent atomic.Int64
@@ -157,11 +164,12 @@ func Open(opts Options) (*Store, error) {
 		kv = p
 	}
 	s := &Store{
-		kv:     kv,
-		log:    opts.Logger,
-		now:    opts.Now,
-		hasher: hasher{pepper: opts.Pepper},
-		stop:   make(chan struct{}),
+		kv:       kv,
+		log:      opts.Logger,
+		now:      opts.Now,
+		hasher:   newHasher(opts.Pepper),
+		decorate: opts.Decorate,
+		stop:     make(chan struct{}),
 	}
 	vc, err := newVerifyCache(opts.CacheEntries, opts.NegativeEntries, opts.NegativeTTL)
 	if err != nil {
@@ -205,6 +213,9 @@ func (s *Store) init() error {
 			return fmt.Errorf("store: schema version %d is newer than this binary's %d", n, SchemaVersion)
 		}
 	}
+	if err := s.loadLastEvent(); err != nil {
+		return err
+	}
 	if _, err := s.kv.Get(k(pTenant + DefaultTenant)); errors.Is(err, errKVNotFound) {
 		if _, err := s.CreateTenant("system", TenantInput{ID: DefaultTenant, Name: "Default tenant"}); err != nil && KindOf(err) != KindConflict {
 			return fmt.Errorf("create default tenant: %w", err)
@@ -227,6 +238,7 @@ func (s *Store) Close() error {
 			s.log.Errorf("final usage flush: %v", ferr)
 		}
 		s.closed.Store(true)
+		s.drainGuards()
 		s.vcache.close()
 		err = s.kv.Close()
 	})
@@ -271,7 +283,7 @@ func (s *Store) onChange(keys [][]byte) {
 		case len(ks) == len(pKeyHash)+len(SecretHash{}) && ks[:len(pKeyHash)] == pKeyHash:
 			var h SecretHash
 			copy(h[:], key[len(pKeyHash):])
-			s.vcache.invalidate(h)
+			s.invalidate(h)
 		case hasPrefix(ks, pTenant), hasPrefix(ks, pGroup):
 			reloadHot = true
 		}
@@ -310,6 +322,28 @@ func (s *Store) event(b *Batch, now time.Time, tenant, typ, actor, keyID string,
 		e.Detail = map[string]any{}
 	}
 	b.Set(k(pEvent+tenant, e.ID), mustJSON(e))
+	// Remember the newest id so that a reopened store (whose clock may be
+	// behind the old one) never reuses an id and overwrites an event.
+	b.Set([]byte(metaLastEvent), []byte(e.ID))
+}
+
+const metaLastEvent = pMeta + "last_event"
+
+// loadLastEvent seeds the event id sequence from the store.
+func (s *Store) loadLastEvent() error {
+	v, err := s.kv.Get([]byte(metaLastEvent))
+	if errors.Is(err, errKVNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read last event id: %w", err)
+	}
+	var n uint64
+	if _, err := fmt.Sscanf(string(v), "evt_%016x", &n); err != nil {
+		return fmt.Errorf("store: unreadable last event id %q", v)
+	}
+	s.lastEvent.Store(int64(n))
+	return nil
 }
 
 // ristrettoConfig is shared by the two verification caches: every entry costs

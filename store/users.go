@@ -88,14 +88,16 @@ func (s *Store) DeleteUser(actor, tenant, id string) error {
 	if err != nil {
 		return err
 	}
+	revoked := 0
 	for _, t := range toks {
 		if t.RevokedAt == nil {
 			t.RevokedAt = &now
 			b.Set(k(pToken+t.ID), mustJSON(t))
+			revoked++
 		}
 	}
 	b.Delete(k(pUser+tenant, id))
-	s.event(&b, now, tenant, "user.deleted", actor, "", map[string]any{"user": id, "tokens_revoked": len(toks)})
+	s.event(&b, now, tenant, "user.deleted", actor, "", map[string]any{"user": id, "tokens_revoked": revoked})
 	return s.apply(&b)
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,13 @@ type KeyView struct {
 	ValidUntil time.Time
 	// Allow is nil when every client IP is allowed.
 	Allow *Allowlist
+	// Extra is what Options.Decorate returned for this view (the gateway
+	// precomputes its placeholders there, once per cache fill).
+	Extra any
+
+	// graceUntil is set for a rotated-out secret: from then on the secret
+	// is no longer one of the key's (Verify answers VerdictInvalid).
+	graceUntil time.Time
 }
 
 // Allowlist is an immutable set of client networks.
@@ -68,9 +76,14 @@ func newAllowlist(entries []string) (*Allowlist, error) {
 	return a, nil
 }
 
-// Contains reports whether ip (IPv4-mapped addresses are unmapped) is allowed.
+// Contains reports whether ip (IPv4-mapped addresses are unmapped, an IPv6
+// zone is ignored) is allowed, the same way for short and long lists.
+// A nil Allowlist allows every address.
 func (a *Allowlist) Contains(ip netip.Addr) bool {
-	ip = ip.Unmap()
+	if a == nil {
+		return true
+	}
+	ip = ip.Unmap().WithZone("") // entries have no zone; fe80::1%eth0 is in fe80::/10
 	if a.ranger != nil {
 		ok, err := a.ranger.Contains(net.IP(ip.AsSlice()))
 		return ok && err == nil
@@ -113,7 +126,9 @@ type negEntry struct {
 }
 
 func newVerifyCache(entries, negEntries int64, ttl time.Duration) (*verifyCache, error) {
-	pos, err := ristretto.NewCache(ristrettoConfig[*posEntry](entries))
+	cfg := ristrettoConfig[*posEntry](entries)
+	cfg.Metrics = true // hits and misses for /metrics
+	pos, err := ristretto.NewCache(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("verify cache: %w", err)
 	}
@@ -129,11 +144,44 @@ func (c *verifyCache) gen(h SecretHash) *atomic.Uint64 {
 	return &c.gens[h.cacheKey()%genStripes]
 }
 
-// invalidate runs after a write to h has committed.
-func (c *verifyCache) invalidate(h SecretHash) {
+// invalidate runs after a write to h has committed. Bumping the generation
+// is what makes it correct; the deletes only free the entries early. Once
+// the store is closing the caches are left alone (ristretto must not be used
+// while it closes).
+func (s *Store) invalidate(h SecretHash) {
+	c := s.vcache
 	c.gen(h).Add(1)
+	g := s.guard(h)
+	g.RLock()
+	defer g.RUnlock()
+	if s.closed.Load() {
+		return
+	}
 	c.pos.Del(h.cacheKey())
 	c.neg.Del(h.cacheKey())
+}
+
+// guardStripes lock out Close while the caches are in use: Verify holds a
+// stripe for reading (its own, chosen by the hash, so cores verifying
+// different keys do not share a lock word), Close takes every stripe for
+// writing once before it closes the caches.
+const guardStripes = 16
+
+type guardStripe struct {
+	sync.RWMutex
+	_ [64 - 24]byte // one cache line each
+}
+
+func (s *Store) guard(h SecretHash) *guardStripe {
+	return &s.guards[h[31]%guardStripes]
+}
+
+// drainGuards waits for every Verify that saw the store open to finish.
+func (s *Store) drainGuards() {
+	for i := range s.guards {
+		s.guards[i].Lock()
+		s.guards[i].Unlock() // empty on purpose: we only wait for readers
+	}
 }
 
 func (c *verifyCache) close() {
@@ -143,6 +191,12 @@ func (c *verifyCache) close() {
 
 // Wait blocks until pending cache writes are applied (tests and benchmarks).
 func (s *Store) Wait() {
+	g := &s.guards[0]
+	g.RLock()
+	defer g.RUnlock()
+	if s.closed.Load() {
+		return
+	}
 	s.vcache.pos.Wait()
 	s.vcache.neg.Wait()
 }
@@ -164,16 +218,23 @@ func (s *Store) Verify(tenant, secret string, now time.Time) (*KeyView, Verdict,
 	if !WellFormed(KeyPrefix, secret) {
 		return nil, VerdictInvalid, nil
 	}
+	h := s.hasher.hash(secret)
+	g := s.guard(h)
+	g.RLock()
 	if s.closed.Load() {
+		g.RUnlock()
 		return nil, VerdictInvalid, ErrClosed
 	}
-	h := s.hasher.hash(secret)
 	view, err := s.lookup(h)
+	g.RUnlock()
 	if err != nil {
 		return nil, VerdictInvalid, err
 	}
 	if view == nil || view.Tenant != tenant {
 		return nil, VerdictInvalid, nil
+	}
+	if !view.graceUntil.IsZero() && !now.Before(view.graceUntil) {
+		return nil, VerdictInvalid, nil // rotated out, grace period over
 	}
 	if view.Revoked {
 		return view, VerdictRevoked, nil
@@ -246,6 +307,10 @@ func (s *Store) loadView(h SecretHash) (*KeyView, error) {
 	}
 	if !graceUntil.IsZero() && (v.ValidUntil.IsZero() || graceUntil.Before(v.ValidUntil)) {
 		v.ValidUntil = graceUntil
+	}
+	v.graceUntil = graceUntil
+	if s.decorate != nil {
+		v.Extra = s.decorate(v)
 	}
 	return v, nil
 }

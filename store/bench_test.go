@@ -1,0 +1,166 @@
+package store
+
+import (
+	"strconv"
+	"testing"
+	"time"
+)
+
+// benchKeys creates n keys in the default tenant and returns their secrets.
+func benchKeys(b *testing.B, s *Store, n int) []string {
+	b.Helper()
+	enable(b, s, DefaultTenant)
+	secrets := make([]string, n)
+	for i := range secrets {
+		_, secrets[i] = mustKey(b, s, DefaultTenant, "owner"+strconv.Itoa(i%500), KeyInput{Name: "bench " + strconv.Itoa(i)})
+	}
+	return secrets
+}
+
+// BenchmarkVerifyHit: the key's view is in the positive cache.
+func BenchmarkVerifyHit(b *testing.B) {
+	s := memStore(b, nil)
+	secret := benchKeys(b, s, 1)[0]
+	now := time.Now()
+	for range 3 { // fill the cache and let ristretto admit the entry
+		if _, v, err := s.Verify(DefaultTenant, secret, now); err != nil || v != VerdictValid {
+			b.Fatal(v, err)
+		}
+		s.Wait()
+	}
+	h0, m0 := s.CacheMetrics()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, v, err := s.Verify(DefaultTenant, secret, now); v != VerdictValid || err != nil {
+			b.Fatal(v, err)
+		}
+	}
+	b.StopTimer()
+	h1, m1 := s.CacheMetrics()
+	if misses := m1 - m0; misses > (h1-h0)/100 {
+		b.Fatalf("not a hit benchmark: %d hits, %d misses", h1-h0, misses)
+	}
+}
+
+// BenchmarkVerifyHitPepper: a cache hit with HMAC-SHA-256 secret hashing.
+func BenchmarkVerifyHitPepper(b *testing.B) {
+	s := memStore(b, nil, func(o *Options) { o.Pepper = []byte("a server-side pepper") })
+	secret := benchKeys(b, s, 1)[0]
+	now := time.Now()
+	for range 3 {
+		if _, v, err := s.Verify(DefaultTenant, secret, now); err != nil || v != VerdictValid {
+			b.Fatal(v, err)
+		}
+		s.Wait()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, v, err := s.Verify(DefaultTenant, secret, now); v != VerdictValid || err != nil {
+			b.Fatal(v, err)
+		}
+	}
+}
+
+// BenchmarkVerifyMiss: the positive cache holds far fewer entries than there
+// are keys, so almost every call reads Pebble.
+func BenchmarkVerifyMiss(b *testing.B) {
+	s := memStore(b, nil, func(o *Options) { o.CacheEntries = 16 })
+	secrets := benchKeys(b, s, 2000)
+	now := time.Now()
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		if _, v, err := s.Verify(DefaultTenant, secrets[i%len(secrets)], now); v != VerdictValid || err != nil {
+			b.Fatal(v, err)
+		}
+		i++
+	}
+}
+
+// BenchmarkVerifyGarbage: a well-formed secret no key has, answered by the
+// negative cache after the first call.
+func BenchmarkVerifyGarbage(b *testing.B) {
+	s := memStore(b, nil)
+	enable(b, s, DefaultTenant)
+	garbage := NewSecret(KeyPrefix)
+	now := time.Now()
+	for range 3 {
+		if _, v, err := s.Verify(DefaultTenant, garbage, now); v != VerdictInvalid || err != nil {
+			b.Fatal(v, err)
+		}
+		s.Wait()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, v, err := s.Verify(DefaultTenant, garbage, now); v != VerdictInvalid || err != nil {
+			b.Fatal(v, err)
+		}
+	}
+}
+
+// BenchmarkVerifyMalformed: rejected by the checksum before any lookup.
+func BenchmarkVerifyMalformed(b *testing.B) {
+	s := memStore(b, nil)
+	good := NewSecret(KeyPrefix)
+	bad := good[:10] + flip(good[10]) + good[11:]
+	now := time.Now()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, v, err := s.Verify(DefaultTenant, bad, now); v != VerdictInvalid || err != nil {
+			b.Fatal(v, err)
+		}
+	}
+}
+
+// BenchmarkCreateKey: one durable (synced) write on a real disk.
+func BenchmarkCreateKey(b *testing.B) {
+	s := diskStore(b, b.TempDir(), nil)
+	enable(b, s, DefaultTenant)
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		if _, _, err := s.CreateKey("op", DefaultTenant, "owner"+strconv.Itoa(i%1000), KeyInput{Name: "bench key"}); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// BenchmarkVerifyHitParallel: cache hits from every core on few keys.
+func BenchmarkVerifyHitParallel(b *testing.B) {
+	s := memStore(b, nil)
+	secrets := benchKeys(b, s, 64)
+	now := time.Now()
+	for range 3 {
+		for _, sec := range secrets {
+			_, _, _ = s.Verify(DefaultTenant, sec, now)
+		}
+		s.Wait()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if _, v, err := s.Verify(DefaultTenant, secrets[i%len(secrets)], now); v != VerdictValid || err != nil {
+				b.Error(v, err)
+				return
+			}
+			i++
+		}
+	})
+}
+
+// flip returns a different base62 character.
+func flip(c byte) string {
+	if c == 'a' {
+		return "b"
+	}
+	return "a"
+}
