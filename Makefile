@@ -13,8 +13,12 @@ build:
 # upstream on :9000, the gateway on :8080 and the admin API on :8081.
 run: build
 	@mkdir -p $(DATA)
-	@echo "keygate: gateway http://127.0.0.1:8080  admin http://127.0.0.1:8081  storage $(DATA)"
-	@echo "operator token: $$KEYGATE_OPERATOR_TOKEN   (next steps: README.md, 'First key')"
+	@echo "keygate: gateway http://127.0.0.1:8080  admin API http://127.0.0.1:8081  demo upstream :9000  storage $(DATA)"
+	@echo "Next, in another shell (README.md, 'First key' and the walkthrough):"
+	@echo "  OP=$$KEYGATE_OPERATOR_TOKEN; API=http://127.0.0.1:8081"
+	@echo "  curl -s -X PATCH \$$API/v1/tenants/default/settings -H \"Authorization: Bearer \$$OP\" -d '{\"api_keys_enabled\": true}'"
+	@echo "  curl -s -X POST \$$API/v1/tenants/default/keys -H \"Authorization: Bearer \$$OP\" -d '{\"name\": \"my first key\", \"owner\": \"demo\"}'"
+	@echo "  curl -s http://127.0.0.1:8080/ -H \"X-API-Key: <the secret from the answer>\""
 	KEYGATE_STORAGE=$(DATA) $(BIN) run --config Caddyfile.example --adapter caddyfile
 
 test:
