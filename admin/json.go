@@ -64,7 +64,95 @@ func decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
 	if _, err := dec.Token(); err != io.EOF {
 		return errBadRequest("malformed JSON: unexpected data after the JSON object")
 	}
+	// encoding/json matches names case-insensitively ("NAME", and even
+	// "deſcription" with a long s, fill description): the API's names are
+	// exact, anything else is an unknown field like any other.
+	if name, bad := inexactField(body, reflect.TypeOf(dst)); bad {
+		return &apiError{Status: http.StatusBadRequest, Code: codeInvalid,
+			Message: fmt.Sprintf("unknown field %q", name), Fields: map[string]string{name: "unknown field"}}
+	}
 	return nil
+}
+
+var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+
+// inexactField finds, in a JSON value that decoded into a value of type t,
+// an object key that is not exactly the JSON name of a struct field (the
+// path to it, e.g. "rules.0.Methods"). Types with their own UnmarshalJSON
+// are taken as they are.
+func inexactField(raw []byte, t reflect.Type) (string, bool) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(unmarshalerType) {
+		return "", false
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		var object map[string]json.RawMessage
+		if json.Unmarshal(raw, &object) != nil {
+			return "", false // null, or judged by the decoder already
+		}
+		names := make([]string, 0, len(object))
+		for name := range object {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			ft, ok := exactFieldType(t, name)
+			if !ok {
+				return name, true
+			}
+			if sub, bad := inexactField(object[name], ft); bad {
+				return name + "." + sub, true
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		var elems []json.RawMessage
+		if json.Unmarshal(raw, &elems) != nil {
+			return "", false
+		}
+		for i, e := range elems {
+			if sub, bad := inexactField(e, t.Elem()); bad {
+				return strconv.Itoa(i) + "." + sub, true
+			}
+		}
+	case reflect.Map:
+		var object map[string]json.RawMessage
+		if json.Unmarshal(raw, &object) != nil {
+			return "", false
+		}
+		for key, v := range object {
+			if sub, bad := inexactField(v, t.Elem()); bad {
+				return key + "." + sub, true
+			}
+		}
+	}
+	return "", false
+}
+
+// exactFieldType is the type of the struct field whose JSON name is name.
+func exactFieldType(t reflect.Type, name string) (reflect.Type, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if f.Anonymous && tag == "" && f.Type.Kind() == reflect.Struct {
+			if ft, ok := exactFieldType(f.Type, name); ok { // promoted fields
+				return ft, true
+			}
+			continue
+		}
+		if tag == "-" || !f.IsExported() {
+			continue
+		}
+		if tag == "" {
+			tag = f.Name
+		}
+		if tag == name {
+			return f.Type, true
+		}
+	}
+	return nil, false
 }
 
 // describeDecodeError turns a json decoding failure into a 400 that names the
