@@ -43,3 +43,14 @@ CRASH_FLAGS ?=
 .PHONY: test-crash
 test-crash: build
 	$(GO) run ./cmd/keygate-crash --iterations 20 --bin $(BIN) $(CRASH_FLAGS)
+
+# Load benchmark against plain Caddy (cmd/keygate-bench): one keygate serves
+# A = reverse_proxy alone and B = api_key + the identical reverse_proxy, on
+# loopback, alternately; 10k keys (uniform, Zipf, 401 garbage/malformed) and
+# 1M keys with a 100k cache (miss path). About 5-6 minutes; BENCH_FLAGS=--quick
+# for a one-minute sanity run. Results: bench-results.md and .json.
+BENCH_FLAGS ?=
+.PHONY: bench-load
+bench-load: build
+	$(GO) build -o bin/keygate-bench ./cmd/keygate-bench
+	bin/keygate-bench --bin $(BIN) --big $(BENCH_FLAGS)

@@ -101,12 +101,8 @@ func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 	}
 	now := s.now().UTC()
 	f := fieldErrors{}
-	checkText(f, "name", in.Name, NameMin, NameMax)
-	checkText(f, "description", in.Description, 0, DescriptionMax)
 	checkID(f, "owner", owner)
-	s.checkGroupExists(f, tenant, in.Group)
-	exp := s.checkExpiry(f, "expires_at", in.ExpiresAt, st, now)
-	allow := parseAllowlist(f, "ip_allowlist", in.IPAllowlist)
+	exp, allow := s.checkKeyInput(f, "", tenant, &in, st, now)
 	if err := f.err(); err != nil {
 		return nil, "", err
 	}
@@ -125,15 +121,8 @@ func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 		return nil, "", &Error{Kind: KindLimit, Code: "key_limit_reached", Message: fmt.Sprintf("%q already has %d active keys (max_keys_per_user is %d)", owner, active, st.MaxKeysPerUser)}
 	}
 
-	secret := NewSecret(KeyPrefix)
-	h := s.hasher.hash(secret)
-	rec := &keyRecord{
-		ID: newID("key", now), Tenant: tenant, Name: in.Name, Description: in.Description, Owner: owner,
-		Group: in.Group, IPAllowlist: allow, Hint: Hint(secret), CreatedAt: now, UpdatedAt: now, ExpiresAt: exp,
-	}
 	var b Batch
-	s.putKey(&b, rec, h)
-	s.event(&b, now, tenant, "key.created", actor, rec.ID, map[string]any{"name": rec.Name, "owner": owner, "group": rec.Group, "expires_at": exp})
+	rec, secret := s.newKeyInto(&b, actor, tenant, owner, &in, exp, allow, now)
 	if err := s.apply(&b); err != nil {
 		return nil, "", err
 	}

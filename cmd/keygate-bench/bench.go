@@ -1,0 +1,771 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/keygate/keygate/store"
+)
+
+// Config is one benchmark session.
+type Config struct {
+	Binary      string        // keygate binary (built if missing)
+	Keys        int           // keys of the main instance (scenarios uniform, zipf, garbage, malformed)
+	Cache       int64         // api_keys cache of the main instance
+	Scenarios   []string      // of the main instance, in order
+	Big         bool          // also run the miss-path scenario on a second instance
+	BigKeys     int           // keys of the big instance
+	BigCache    int64         // api_keys cache of the big instance (smaller than BigKeys)
+	Conns       int           // concurrent connections (one worker each)
+	Duration    time.Duration // of each timed run
+	Warmup      time.Duration // untimed A and B run before each scenario
+	Rounds      int           // A,B pairs per scenario
+	ZipfS       float64       // Zipf exponent (> 1)
+	Seed        uint64        // of the key pickers
+	IdleConns   int           // reverse_proxy keepalive_idle_conns_per_host for both sites (0: Caddy's default)
+	Flush       time.Duration // api_keys flush_interval (default 5s, the store's default)
+	ProfileDir  string        // when set: admin on loopback and one extra profiled A,B pair per scenario
+	WorkDir     string        // temporary files (default: os.TempDir())
+	Keep        bool          // keep the temporary directory
+	Logf        func(format string, args ...any)
+	ImportChunk int    // keys per CreateKeys call (≤ max_keys_per_user = 1000)
+	ImportProf  string // when set, a CPU profile of the (first) import is written here
+}
+
+// Scenario names.
+const (
+	ScUniform   = "uniform"
+	ScZipf      = "zipf"
+	ScGarbage   = "garbage"
+	ScMalformed = "malformed"
+	ScMiss      = "miss"
+)
+
+var scenarioText = map[string]string{
+	ScUniform:   "valid keys, uniform over all keys (cache hits)",
+	ScZipf:      "valid keys, Zipf-distributed",
+	ScGarbage:   "well-formed unknown keys, a fresh one per request (negative-cache miss + store read, 401)",
+	ScMalformed: "malformed keys: bad checksum/length/prefix/character (401 before any lookup)",
+	ScMiss:      "valid keys, uniform over more keys than the cache holds (the miss path)",
+}
+
+// Instance is one keygate process with its store.
+type Instance struct {
+	Name             string   `json:"name"`
+	Keys             int      `json:"keys"`
+	Cache            int64    `json:"cache"`
+	ImportSeconds    float64  `json:"import_seconds"`
+	ImportKeysPerSec float64  `json:"import_keys_per_sec"`
+	StoreBytes       int64    `json:"store_bytes"`
+	StartSeconds     float64  `json:"start_seconds"`
+	IdleWaitSeconds  float64  `json:"idle_wait_seconds"`
+	RSSKB            int64    `json:"rss_kb_after"`
+	HWMKB            int64    `json:"rss_peak_kb"`
+	Caddyfile        string   `json:"caddyfile"`
+	Scenarios        []*Scene `json:"scenarios"`
+}
+
+// Scene is the result of one scenario: rounds × (A, B).
+type Scene struct {
+	Name        string      `json:"name"`
+	Description string      `json:"description"`
+	Runs        []RunResult `json:"runs"`
+	Summary     Summary     `json:"summary"`
+	Profiles    []string    `json:"profiles,omitempty"`
+}
+
+// Report is the whole session.
+type Report struct {
+	Started   time.Time   `json:"started"`
+	Host      HostInfo    `json:"host"`
+	Config    ConfigView  `json:"config"`
+	Instances []*Instance `json:"instances"`
+	Targets   []Target    `json:"targets"`
+	Seconds   float64     `json:"seconds"`
+}
+
+// HostInfo describes where it ran.
+type HostInfo struct {
+	CPUs      int    `json:"cpus"`
+	GoVersion string `json:"go_version"`
+	Load1     string `json:"load_avg_at_start"`
+	Binary    string `json:"binary"`
+	Upstream  string `json:"upstream"`
+	BodyBytes int    `json:"upstream_body_bytes"`
+}
+
+// ConfigView is the JSON form of Config.
+type ConfigView struct {
+	Conns      int      `json:"connections"`
+	Duration   string   `json:"duration"`
+	Warmup     string   `json:"warmup"`
+	Rounds     int      `json:"rounds"`
+	Keys       int      `json:"keys"`
+	Cache      int64    `json:"cache"`
+	BigKeys    int      `json:"big_keys,omitempty"`
+	BigCache   int64    `json:"big_cache,omitempty"`
+	ZipfS      float64  `json:"zipf_s"`
+	Scenarios  []string `json:"scenarios"`
+	IdleConns  int      `json:"upstream_idle_conns_per_host"`
+	Flush      string   `json:"flush_interval"`
+	Profiling  bool     `json:"profiling"`
+	ImportSize int      `json:"import_chunk"`
+}
+
+const upstreamBody = "hello from the bench upstream\n"
+
+func (c *Config) defaults() {
+	if c.Keys <= 0 {
+		c.Keys = 10_000
+	}
+	if c.Cache <= 0 {
+		c.Cache = 100_000
+	}
+	if c.BigKeys <= 0 {
+		c.BigKeys = 1_000_000
+	}
+	if c.BigCache <= 0 {
+		c.BigCache = 100_000
+	}
+	if c.Conns <= 0 {
+		c.Conns = 50
+	}
+	if c.Duration <= 0 {
+		c.Duration = 5 * time.Second
+	}
+	if c.Rounds <= 0 {
+		c.Rounds = 3
+	}
+	if c.Flush <= 0 {
+		c.Flush = 5 * time.Second
+	}
+	if c.ZipfS <= 1 {
+		c.ZipfS = 1.1
+	}
+	if c.Scenarios == nil {
+		c.Scenarios = []string{ScUniform, ScZipf, ScGarbage, ScMalformed}
+	}
+	if c.ImportChunk <= 0 || c.ImportChunk > store.MaxKeysPerUserMax {
+		c.ImportChunk = store.MaxKeysPerUserMax
+	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+}
+
+// Run runs the whole session: upstream, store import, keygate, load.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg.defaults()
+	for _, sc := range cfg.Scenarios {
+		if _, ok := scenarioText[sc]; !ok || sc == ScMiss {
+			return nil, fmt.Errorf("unknown scenario %q (want uniform, zipf, garbage, malformed)", sc)
+		}
+	}
+	start := time.Now()
+	bin, err := ensureBinary(ctx, cfg.Binary, cfg.Logf)
+	if err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp(cfg.WorkDir, "keygate-bench-")
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Keep {
+		cfg.Logf("keeping %s", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
+	up, err := startUpstream()
+	if err != nil {
+		return nil, err
+	}
+	defer up.Close()
+
+	rep := &Report{
+		Started: start.UTC(),
+		Host: HostInfo{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Load1: loadAvg(), Binary: bin,
+			Upstream: "in-process net/http on " + up.Addr, BodyBytes: len(upstreamBody)},
+		Config: ConfigView{Conns: cfg.Conns, Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(), Rounds: cfg.Rounds,
+			Keys: cfg.Keys, Cache: cfg.Cache, ZipfS: cfg.ZipfS, Scenarios: cfg.Scenarios, IdleConns: cfg.IdleConns,
+			Flush: cfg.Flush.String(), Profiling: cfg.ProfileDir != "", ImportSize: cfg.ImportChunk},
+	}
+	if cfg.Big {
+		rep.Config.BigKeys, rep.Config.BigCache = cfg.BigKeys, cfg.BigCache
+	}
+	client := newClient(cfg.Conns)
+	defer client.CloseIdleConnections()
+
+	type plan struct {
+		name      string
+		keys      int
+		cache     int64
+		scenarios []string
+	}
+	plans := []plan{{"main", cfg.Keys, cfg.Cache, cfg.Scenarios}}
+	if cfg.Big {
+		plans = append(plans, plan{"big", cfg.BigKeys, cfg.BigCache, []string{ScMiss}})
+	}
+	for _, p := range plans {
+		if len(p.scenarios) == 0 {
+			continue
+		}
+		inst := &Instance{Name: p.name, Keys: p.keys, Cache: p.cache}
+		rep.Instances = append(rep.Instances, inst)
+		if err := runInstance(ctx, cfg, bin, filepath.Join(work, p.name), up.Addr, client, inst, p.scenarios); err != nil {
+			return rep, err
+		}
+	}
+	rep.Targets = evaluate(rep)
+	rep.Seconds = time.Since(start).Seconds()
+	return rep, nil
+}
+
+func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, client *http.Client, inst *Instance, scenarios []string) error {
+	storeDir := filepath.Join(dir, "store")
+	cfg.Logf("[%s] importing %d keys into %s", inst.Name, inst.Keys, storeDir)
+	if cfg.ImportProf != "" {
+		f, err := os.Create(cfg.ImportProf)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		cfg.ImportProf = ""
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
+	secrets, took, err := importKeys(ctx, storeDir, inst.Keys, cfg.ImportChunk)
+	pprof.StopCPUProfile()
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	inst.ImportSeconds = took.Seconds()
+	inst.ImportKeysPerSec = float64(inst.Keys) / took.Seconds()
+	inst.StoreBytes = dirSize(storeDir)
+	cfg.Logf("[%s] imported %d keys in %.1fs (%.0f keys/s), store %.1f MiB", inst.Name, inst.Keys, took.Seconds(),
+		inst.ImportKeysPerSec, float64(inst.StoreBytes)/(1<<20))
+
+	t0 := time.Now()
+	kg, err := startKeygate(ctx, cfg, bin, dir, storeDir, upstream, inst.Cache)
+	if err != nil {
+		return err
+	}
+	defer kg.stop()
+	inst.StartSeconds = time.Since(t0).Seconds()
+	inst.Caddyfile = kg.caddyfile
+	t0 = time.Now()
+	waitIdle(ctx, kg.pid(), 30*time.Second)
+	inst.IdleWaitSeconds = time.Since(t0).Seconds()
+	cfg.Logf("[%s] keygate pid %d ready in %.1fs (+%.1fs until idle): A %s  B %s", inst.Name, kg.pid(), inst.StartSeconds,
+		inst.IdleWaitSeconds, kg.urlA, kg.urlB)
+
+	for _, name := range scenarios {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var pick pickerFactory
+		switch name {
+		case ScUniform, ScMiss:
+			pick = uniformKeys(secrets, cfg.Seed)
+		case ScZipf:
+			pick = zipfKeys(secrets, cfg.ZipfS, cfg.Seed)
+		case ScGarbage:
+			pick = garbageKeys(cfg.Seed)
+		case ScMalformed:
+			pick = malformedKeys(cfg.Seed)
+		}
+		sc := &Scene{Name: name, Description: scenarioText[name]}
+		inst.Scenarios = append(inst.Scenarios, sc)
+		if cfg.Warmup > 0 {
+			load(ctx, client, kg.urlA, cfg.Conns, cfg.Warmup, pick)
+			load(ctx, client, kg.urlB, cfg.Conns, cfg.Warmup, pick)
+			settle(ctx, kg.pid(), cfg.Flush)
+		}
+		for round := 1; round <= cfg.Rounds; round++ {
+			for _, side := range []string{"A", "B"} {
+				url := kg.urlA
+				if side == "B" {
+					url = kg.urlB
+				}
+				cpu0 := procCPU(kg.pid())
+				r := load(ctx, client, url, cfg.Conns, cfg.Duration, pick)
+				cpuRun := procCPU(kg.pid()) - cpu0
+				// Let the work the run caused finish before the next run, and
+				// charge it to this one: after B, the usage flush of its keys
+				// (at the next flush tick), after either, any other
+				// background work.
+				t0 := time.Now()
+				if side == "B" {
+					settle(ctx, kg.pid(), cfg.Flush)
+				} else {
+					settle(ctx, kg.pid(), 0)
+				}
+				r.SettleSeconds = time.Since(t0).Seconds()
+				if cpu := procCPU(kg.pid()) - cpu0; r.Requests > 0 && cpu >= 0 && cpuRun >= 0 {
+					r.ServerCPUus = cpu.Seconds() * 1e6 / float64(r.Requests)
+					r.ServerCPURunUs = cpuRun.Seconds() * 1e6 / float64(r.Requests)
+				}
+				r.Round, r.Side = round, side
+				sc.Runs = append(sc.Runs, r)
+				sc.Summary = summarize(sc.Runs)
+				cfg.Logf("[%s] %-9s round %d %s: %8.0f req/s  p50 %7.0fµs  p99 %7.0fµs  cpu %5.1fµs/req (in run %5.1f)  2xx %d 401 %d other %d err %d",
+					inst.Name, name, round, side, r.RPS, r.P50us, r.P99us, r.ServerCPUus, r.ServerCPURunUs, r.Status2xx, r.Status401, r.StatusOther, r.Errors)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+			}
+		}
+		if cfg.ProfileDir != "" {
+			for _, side := range []string{"A", "B"} {
+				url := kg.urlA
+				if side == "B" {
+					url = kg.urlB
+				}
+				file := filepath.Join(cfg.ProfileDir, fmt.Sprintf("%s-%s-%s.pprof", inst.Name, name, side))
+				err := profileRun(ctx, kg, client, url, cfg, pick, file)
+				if side == "B" {
+					settle(ctx, kg.pid(), cfg.Flush)
+				}
+				if err != nil {
+					cfg.Logf("profile %s: %v", file, err)
+					continue
+				}
+				sc.Profiles = append(sc.Profiles, file)
+				cfg.Logf("[%s] %-9s profile %s", inst.Name, name, file)
+			}
+		}
+	}
+	inst.RSSKB, inst.HWMKB = procRSS(kg.pid())
+	cfg.Logf("[%s] keygate RSS %.1f MiB (peak %.1f MiB)", inst.Name, float64(inst.RSSKB)/1024, float64(inst.HWMKB)/1024)
+	return nil
+}
+
+// importKeys creates a store in dir with n keys in the default tenant (API
+// keys enabled), chunk keys per CreateKeys call, one owner per chunk, and
+// returns the secrets and how long the import took (open to close).
+func importKeys(ctx context.Context, dir string, n, chunk int) ([]string, time.Duration, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, 0, err
+	}
+	t0 := time.Now()
+	st, err := store.Open(store.Options{Dir: dir, FlushInterval: -1, CacheEntries: 1000, NegativeEntries: 1000})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer st.Close()
+	if _, err := st.UpdateSettings("bench", store.DefaultTenant, store.SettingsPatch{
+		APIKeysEnabled: store.Some(true), MaxKeysPerUser: store.Some(store.MaxKeysPerUserMax),
+	}); err != nil {
+		return nil, 0, err
+	}
+	secrets := make([]string, 0, n)
+	inputs := make([]store.KeyInput, 0, chunk)
+	for owner := 0; len(secrets) < n; owner++ {
+		if err := ctx.Err(); err != nil {
+			return nil, 0, err
+		}
+		inputs = inputs[:0]
+		for i := len(secrets); i < n && len(inputs) < chunk; i++ {
+			inputs = append(inputs, store.KeyInput{Name: "bench key " + strconv.Itoa(i)})
+		}
+		_, sec, err := st.CreateKeys("bench", store.DefaultTenant, fmt.Sprintf("bench-user-%06d", owner), inputs)
+		if err != nil {
+			return nil, 0, err
+		}
+		secrets = append(secrets, sec...)
+	}
+	if err := st.Close(); err != nil {
+		return nil, 0, err
+	}
+	return secrets, time.Since(t0), nil
+}
+
+// ensureBinary returns the keygate binary, building it if it is missing.
+func ensureBinary(ctx context.Context, bin string, logf func(string, ...any)) (string, error) {
+	if bin == "" {
+		bin = "bin/keygate"
+	}
+	abs, err := filepath.Abs(bin)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(abs); err == nil {
+		return abs, nil
+	}
+	logf("building %s", abs)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", abs, "./cmd/keygate")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("build keygate (run from the module root, or pass --bin): %w", err)
+	}
+	return abs, nil
+}
+
+// upstream is the tiny backend both sites proxy to.
+type upstream struct {
+	Addr string
+	srv  *http.Server
+}
+
+func startUpstream() (*upstream, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	body := []byte(upstreamBody)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			_, _ = w.Write(body)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+	}
+	go func() { _ = srv.Serve(l) }()
+	return &upstream{Addr: l.Addr().String(), srv: srv}, nil
+}
+
+func (u *upstream) Close() { _ = u.srv.Close() }
+
+// keygate is a running keygate process.
+type keygate struct {
+	cmd        *exec.Cmd
+	done       chan struct{}
+	log        *lockedWriter
+	caddyfile  string
+	urlA, urlB string
+	admin      string // http://127.0.0.1:port when profiling
+}
+
+func (k *keygate) pid() int { return k.cmd.Process.Pid }
+
+// caddyfile is the generated config: site A is reverse_proxy alone, site B
+// the identical reverse_proxy block behind api_key (PITFALLS 18).
+func caddyfile(dir, storeDir, upstream string, cache int64, flush time.Duration, portA, portB, adminPort, idleConns int) string {
+	admin := "admin off"
+	if adminPort > 0 {
+		admin = fmt.Sprintf("admin 127.0.0.1:%d", adminPort)
+	}
+	proxy := "reverse_proxy " + upstream
+	if idleConns > 0 {
+		proxy += fmt.Sprintf(" {\n\t\ttransport http {\n\t\t\tkeepalive_idle_conns_per_host %d\n\t\t}\n\t}", idleConns)
+	}
+	return fmt.Sprintf(`{
+	%s
+	persist_config off
+	auto_https off
+	storage file_system %s
+	log {
+		level error
+	}
+	api_keys {
+		storage %s
+		cache %d
+		flush_interval %s
+	}
+}
+
+http://127.0.0.1:%d {
+	bind 127.0.0.1
+	%s
+}
+
+http://127.0.0.1:%d {
+	bind 127.0.0.1
+	api_key
+	%s
+}
+`, admin, filepath.Join(dir, "caddy"), storeDir, cache, flush, portA, proxy, portB, proxy)
+}
+
+// startKeygate starts the binary on the store and waits until both sites
+// answer. Ports are picked free; a start that loses a port race is retried.
+func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream string, cache int64) (*keygate, error) {
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		ports, err := freePorts(3)
+		if err != nil {
+			return nil, err
+		}
+		adminPort := 0
+		if cfg.ProfileDir != "" {
+			adminPort = ports[2]
+		}
+		cf := filepath.Join(dir, "Caddyfile")
+		text := caddyfile(dir, storeDir, upstream, cache, cfg.Flush, ports[0], ports[1], adminPort, cfg.IdleConns)
+		if err := os.WriteFile(cf, []byte(text), 0o600); err != nil {
+			return nil, err
+		}
+		cmd := exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
+		cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "xdg-data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "xdg-config"))
+		log := &lockedWriter{}
+		cmd.Stdout, cmd.Stderr = log, log
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the bench
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		kg := &keygate{cmd: cmd, done: make(chan struct{}), log: log, caddyfile: text,
+			urlA: fmt.Sprintf("http://127.0.0.1:%d/", ports[0]), urlB: fmt.Sprintf("http://127.0.0.1:%d/", ports[1])}
+		if adminPort > 0 {
+			kg.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+		}
+		go func() { _ = cmd.Wait(); close(kg.done) }()
+		if err := kg.waitReady(ctx, 60*time.Second); err != nil {
+			kg.stop()
+			lastErr = fmt.Errorf("keygate did not start: %w\n--- Caddyfile\n%s--- keygate output (tail)\n%s", err, text, tail(kg.output(), 3000))
+			if ctx.Err() != nil || !strings.Contains(kg.output(), "address already in use") {
+				return nil, lastErr
+			}
+			continue
+		}
+		return kg, nil
+	}
+	return nil, lastErr
+}
+
+func (k *keygate) output() string { return k.log.String() }
+
+// lockedWriter collects the process output (stdout and stderr).
+type lockedWriter struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func (w *lockedWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// waitReady polls A (200 from the upstream) and B (401 without a key).
+func (k *keygate) waitReady(ctx context.Context, timeout time.Duration) error {
+	c := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case <-k.done:
+			return errors.New("process exited")
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if statusOf(c, k.urlA) == 200 && statusOf(c, k.urlB) == 401 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s", timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func statusOf(c *http.Client, url string) int {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+// stop asks keygate to shut down gracefully (the store flushes and closes)
+// and kills it if it has not exited within 15 s.
+func (k *keygate) stop() {
+	select {
+	case <-k.done:
+		return
+	default:
+	}
+	_ = k.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-k.done:
+	case <-time.After(15 * time.Second):
+		_ = k.cmd.Process.Kill()
+		<-k.done
+	}
+}
+
+// profileRun fetches a CPU profile from Caddy's admin endpoint while load
+// runs against url (an extra, unreported run).
+func profileRun(ctx context.Context, kg *keygate, client *http.Client, url string, cfg Config, pick pickerFactory, file string) error {
+	if kg.admin == "" {
+		return errors.New("admin endpoint not enabled")
+	}
+	secs := max(1, int(cfg.Duration.Round(time.Second).Seconds()))
+	type got struct {
+		data []byte
+		err  error
+	}
+	ch := make(chan got, 1)
+	go func() {
+		c := &http.Client{Timeout: time.Duration(secs+30) * time.Second}
+		resp, err := c.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", kg.admin, secs))
+		if err != nil {
+			ch <- got{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != 200 {
+			err = fmt.Errorf("status %d: %s", resp.StatusCode, tail(string(b), 300))
+		}
+		ch <- got{b, err}
+	}()
+	cpu0 := procCPU(kg.pid())
+	r := load(ctx, client, url, cfg.Conns, time.Duration(secs)*time.Second+500*time.Millisecond, pick)
+	cpu := procCPU(kg.pid()) - cpu0
+	cfg.Logf("profiled run: %.0f req/s, p99 %.0fµs, %d requests, keygate cpu %.1fµs/req", r.RPS, r.P99us, r.Requests, cpu.Seconds()*1e6/float64(max(r.Requests, 1)))
+	g := <-ch
+	if g.err != nil {
+		return g.err
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(file, g.data, 0o644)
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// procCPU is the process's user+system CPU time from /proc/<pid>/stat, or
+// -1 when it cannot be read.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(s[i+1:])
+	// After the command: state(0) ppid(1) … utime(11) stime(12).
+	if len(f) < 13 {
+		return -1
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	const ticks = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / ticks
+}
+
+// procRSS returns VmRSS and VmHWM (peak) in KiB.
+func procRSS(pid int) (rss, hwm int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = v
+		case "VmHWM:":
+			hwm = v
+		}
+	}
+	return rss, hwm
+}
+
+// settle waits out a flush interval (the next usage flush has then run or
+// is running) and then until keygate is idle, at most 10 s more.
+func settle(ctx context.Context, pid int, flush time.Duration) {
+	if flush > 0 {
+		select {
+		case <-time.After(flush + 200*time.Millisecond):
+		case <-ctx.Done():
+			return
+		}
+	}
+	waitIdle(ctx, pid, 10*time.Second)
+}
+
+// waitIdle waits (at most max) until the process uses under 5 % of a core
+// over half a second, e.g. after Pebble's start-up compactions.
+func waitIdle(ctx context.Context, pid int, maxWait time.Duration) {
+	deadline := time.Now().Add(maxWait)
+	prev := procCPU(pid)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(500 * time.Millisecond)
+		cur := procCPU(pid)
+		if cur < 0 || cur-prev < 25*time.Millisecond {
+			return
+		}
+		prev = cur
+	}
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	_ = filepath.Walk(dir, func(_ string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			n += info.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}
