@@ -69,7 +69,7 @@ func TestRevokeUnderTraffic(t *testing.T) {
 				if bad.Load() != 0 {
 					t.Fatalf("round %d: %d requests admitted after %s returned (of %d)", round, bad.Load(), mode, total.Load())
 				}
-				if total.Load() < 20 {
+				if total.Load() < 5 {
 					t.Fatalf("round %d: only %d requests ran", round, total.Load())
 				}
 			}

@@ -201,10 +201,19 @@ func TestNegativeCache(t *testing.T) {
 	// A garbage key is answered from the negative cache after the first time.
 	garbage := NewSecret(KeyPrefix)
 	h := s.hasher.hash(garbage)
-	_ = verdict(t, s, DefaultTenant, garbage, clk.Now())
-	s.Wait()
-	if e, ok := s.vcache.neg.Get(h.cacheKey()); !ok || e.hash != h {
-		t.Fatal("garbage not in the negative cache")
+	// ristretto may drop a Set (admission, full buffers: PITFALLS 13), so
+	// the entry gets a few chances to land; correctness never depends on it.
+	cached := false
+	for range 50 {
+		_ = verdict(t, s, DefaultTenant, garbage, clk.Now())
+		s.Wait()
+		if e, ok := s.vcache.neg.Get(h.cacheKey()); ok && e.hash == h {
+			cached = true
+			break
+		}
+	}
+	if !cached {
+		t.Fatal("garbage never reached the negative cache")
 	}
 	if _, ok := s.vcache.pos.Get(h.cacheKey()); ok {
 		t.Fatal("garbage in the positive cache")
