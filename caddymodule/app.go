@@ -33,6 +33,10 @@ type App struct {
 	// "keygate" under Caddy's data directory.
 	Storage string `json:"storage,omitempty"`
 
+	// BlockCacheMB is Pebble's block cache in MiB. Default 64; raise it
+	// when the key set is far larger than CacheEntries (the miss path).
+	BlockCacheMB int64 `json:"block_cache_mb,omitempty"`
+
 	// CacheEntries bounds the verification cache (keys). Default 100000.
 	CacheEntries int64 `json:"cache_entries,omitempty"`
 
@@ -81,6 +85,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	opts := store.Options{
 		Dir:             path,
+		BlockCache:      a.BlockCacheMB << 20,
 		CacheEntries:    a.CacheEntries,
 		NegativeEntries: a.NegativeCacheEntries,
 		NegativeTTL:     time.Duration(a.NegativeTTL),
@@ -165,7 +170,7 @@ func newShared(opts store.Options) *shared {
 
 func (s *shared) sameOptions(o store.Options) bool {
 	a, b := s.opts, o
-	return a.CacheEntries == b.CacheEntries && a.NegativeEntries == b.NegativeEntries &&
+	return a.BlockCache == b.BlockCache && a.CacheEntries == b.CacheEntries && a.NegativeEntries == b.NegativeEntries &&
 		a.NegativeTTL == b.NegativeTTL && a.FlushInterval == b.FlushInterval && string(a.Pepper) == string(b.Pepper)
 }
 

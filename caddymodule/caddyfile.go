@@ -23,6 +23,7 @@ func init() {
 //	api_keys {
 //	    storage        <dir>
 //	    cache          <entries>
+//	    block_cache    <MiB>
 //	    negative_cache <entries>
 //	    negative_ttl   <duration>
 //	    flush_interval <duration>
@@ -53,6 +54,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.Storage = val
 		case "pepper":
 			a.Pepper = val
+		case "block_cache":
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || n < 1 || n > 1<<20 {
+				return d.Errf("block_cache: want a size in MiB, got %q", val)
+			}
+			a.BlockCacheMB = n
 		case "cache", "negative_cache":
 			n, err := strconv.ParseInt(val, 10, 64)
 			if err != nil || n < 1 {

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -68,10 +69,20 @@ type pebbleKV struct {
 
 // openPebble opens (creating if needed) a Pebble database in dir. fs may be
 // nil for the OS filesystem; tests pass vfs.NewMem().
-func openPebble(dir string, fs vfs.FS, logger Logger) (*pebbleKV, error) {
+func openPebble(dir string, fs vfs.FS, logger Logger, blockCache int64) (*pebbleKV, error) {
 	opts := &pebble.Options{Logger: pebbleLogger{logger}}
 	if fs != nil {
 		opts.FS = fs
+	}
+	// A block cache that holds the index blocks of a large key set, and
+	// bloom filters so that unknown secrets (garbage, rotated-out keys)
+	// rarely cost a disk read: Pebble's defaults (8 MiB, no filters) made a
+	// cache miss cost ~50 µs with 1M keys.
+	cache := pebble.NewCache(blockCache)
+	defer cache.Unref()
+	opts.Cache = cache
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {

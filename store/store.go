@@ -80,6 +80,8 @@ type Options struct {
 	KV KV
 	// Logger receives diagnostics; nil discards them.
 	Logger Logger
+	// BlockCache is Pebble's block cache in bytes (default 64 MiB).
+	BlockCache int64
 	// CacheEntries bounds the positive verification cache (default 100000).
 	CacheEntries int64
 	// NegativeEntries bounds the cache of unknown secrets (default 10000).
@@ -140,6 +142,9 @@ func Open(opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.BlockCache <= 0 {
+		opts.BlockCache = 64 << 20
+	}
 	if opts.CacheEntries <= 0 {
 		opts.CacheEntries = 100_000
 	}
@@ -157,7 +162,7 @@ func Open(opts Options) (*Store, error) {
 		if opts.Dir == "" {
 			return nil, errors.New("store: no directory given")
 		}
-		p, err := openPebble(opts.Dir, opts.FS, opts.Logger)
+		p, err := openPebble(opts.Dir, opts.FS, opts.Logger, opts.BlockCache)
 		if err != nil {
 			return nil, err
 		}
