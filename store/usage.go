@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sort"
 	"sync"
 	"time"
 )
@@ -209,7 +208,7 @@ func (s *Store) Flush() error {
 			}
 		}
 		rec.Minutes = mergeMinutes(rec.Minutes, d.minutes, now)
-		b.Set(k(pKeyUsage+id), mustJSON(rec))
+		b.Set(k(pKeyUsage+id), encodeUsage(rec))
 		if detail := outcomeMap(denied); len(detail) > 0 {
 			s.event(&b, now, d.tenant, "key.requests_denied", "gateway", id, detail)
 		}
@@ -232,40 +231,17 @@ func outcomeMap(c [numOutcomes]uint64) map[string]any {
 	return m
 }
 
-// mergeMinutes adds b's counts into a (both ascending) and drops minutes
-// older than the usage window.
-func mergeMinutes(a, b []minuteCount, now time.Time) []minuteCount {
-	byMinute := make(map[int64]*minuteCount, len(a)+len(b))
-	for _, src := range [][]minuteCount{a, b} {
-		for i := range src {
-			m := src[i]
-			if cur := byMinute[m.Minute]; cur != nil {
-				for o := range cur.Counts {
-					cur.Counts[o] += m.Counts[o]
-				}
-			} else {
-				byMinute[m.Minute] = &m
-			}
-		}
-	}
-	oldest := now.Add(-usageWindow).Unix() / 60
-	out := make([]minuteCount, 0, len(byMinute))
-	for _, m := range byMinute {
-		if m.Minute > oldest {
-			out = append(out, *m)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Minute < out[j].Minute })
-	return out
-}
-
 func (s *Store) usageRecord(id string) (*usageRecord, error) {
-	var u usageRecord
-	if err := s.getJSON(k(pKeyUsage+id), &u); err != nil {
-		if errors.Is(err, errKVNotFound) {
-			return nil, nil
-		}
+	raw, err := s.kv.Get(k(pKeyUsage + id))
+	if errors.Is(err, errKVNotFound) {
+		return nil, nil
+	}
+	if err != nil {
 		return nil, fmt.Errorf("read usage: %w", err)
+	}
+	var u usageRecord
+	if err := decodeUsage(raw, &u); err != nil {
+		return nil, fmt.Errorf("read usage of %s: %w", id, err)
 	}
 	return &u, nil
 }
