@@ -62,7 +62,9 @@ func TestUsageCodec(t *testing.T) {
 
 func TestMergeMinutes(t *testing.T) {
 	now := time.Unix(100*60*60, 0)
-	m := func(minute int64, ok uint64) minuteCount { return minuteCount{Minute: minute, Counts: [numOutcomes]uint64{ok}} }
+	m := func(minute int64, ok uint64) minuteCount {
+		return minuteCount{Minute: minute, Counts: [numOutcomes]uint64{ok}}
+	}
 	cur := now.Unix() / 60
 	got := mergeMinutes([]minuteCount{m(cur-2000, 9), m(cur-2, 1), m(cur, 1)}, []minuteCount{m(cur, 2), m(cur-1, 4), m(cur-2, 1)}, now)
 	want := []minuteCount{m(cur-2, 2), m(cur-1, 4), m(cur, 3)}
