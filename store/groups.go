@@ -1,7 +1,6 @@
 package store
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"path"
@@ -113,14 +112,7 @@ func cloneStrings(s []string) []string {
 
 // GetGroup returns a group of the tenant.
 func (s *Store) GetGroup(tenant, name string) (*Group, error) {
-	var g Group
-	if err := s.getJSON(k(pGroup+tenant, name), &g); err != nil {
-		if errors.Is(err, errKVNotFound) {
-			return nil, notFound("group", name)
-		}
-		return nil, fmt.Errorf("read group: %w", err)
-	}
-	return &g, nil
+	return getRecord[Group](s, k(pGroup+tenant, name), "group", name)
 }
 
 // ListGroups returns the tenant's groups in name order.

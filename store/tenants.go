@@ -69,14 +69,7 @@ func (s *Store) CreateTenant(actor string, in TenantInput) (*Tenant, error) {
 }
 
 func (s *Store) tenantRecord(id string) (*tenantRecord, error) {
-	var rec tenantRecord
-	if err := s.getJSON(k(pTenant+id), &rec); err != nil {
-		if errors.Is(err, errKVNotFound) {
-			return nil, notFound("tenant", id)
-		}
-		return nil, fmt.Errorf("read tenant: %w", err)
-	}
-	return &rec, nil
+	return getRecord[tenantRecord](s, k(pTenant+id), "tenant", id)
 }
 
 func (s *Store) tenantView(rec *tenantRecord) (*Tenant, error) {

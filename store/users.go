@@ -52,14 +52,7 @@ func (s *Store) PutUser(actor, tenant, id string, roles []Role) (*User, error) {
 
 // GetUser returns a user of the tenant.
 func (s *Store) GetUser(tenant, id string) (*User, error) {
-	var u User
-	if err := s.getJSON(k(pUser+tenant, id), &u); err != nil {
-		if errors.Is(err, errKVNotFound) {
-			return nil, notFound("user", id)
-		}
-		return nil, fmt.Errorf("read user: %w", err)
-	}
-	return &u, nil
+	return getRecord[User](s, k(pUser+tenant, id), "user", id)
 }
 
 // ListUsers returns the tenant's users in id order.
