@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 
 	"github.com/spf13/cobra"
 )
@@ -163,5 +164,24 @@ func action(conn *connection, fn func(in *invocation) error) func(*cobra.Command
 			fmt.Fprintf(cmd.ErrOrStderr(), "Error: %v\n", err)
 		}
 		return err
+	}
+}
+
+// pageFlags adds --limit and --cursor to a list command; the returned
+// function gives them as query parameters (limit only when set).
+func pageFlags(cmd *cobra.Command) func() url.Values {
+	var cursor string
+	var limit int
+	cmd.Flags().IntVar(&limit, "limit", 0, "page size, 1–500")
+	cmd.Flags().StringVar(&cursor, "cursor", "", "next_cursor of the previous page")
+	return func() url.Values {
+		query := url.Values{}
+		if cmd.Flags().Changed("limit") {
+			query.Set("limit", strconv.Itoa(limit))
+		}
+		if cursor != "" {
+			query.Set("cursor", cursor)
+		}
+		return query
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -63,19 +62,10 @@ func limitText(limit *int) string {
 }
 
 func tenantsListCommand(conn *connection) *cobra.Command {
-	var cursor string
-	var limit int
 	cmd := &cobra.Command{Use: "list", Short: "List tenants", Args: cobra.NoArgs}
-	cmd.Flags().IntVar(&limit, "limit", 0, "page size, 1–500")
-	cmd.Flags().StringVar(&cursor, "cursor", "", "next_cursor of the previous page")
+	pageQuery := pageFlags(cmd)
 	cmd.RunE = action(conn, func(in *invocation) error {
-		query := url.Values{}
-		if in.cmd.Flags().Changed("limit") {
-			query.Set("limit", strconv.Itoa(limit))
-		}
-		if cursor != "" {
-			query.Set("cursor", cursor)
-		}
+		query := pageQuery()
 		var page struct {
 			Tenants    []apiTenant `json:"tenants"`
 			NextCursor *string     `json:"next_cursor"`

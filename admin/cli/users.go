@@ -2,8 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -40,19 +38,10 @@ func usersCommand() *cobra.Command {
 }
 
 func usersListCommand(conn *connection) *cobra.Command {
-	var cursor string
-	var limit int
 	cmd := &cobra.Command{Use: "list", Short: "List the tenant's users", Args: cobra.NoArgs}
-	cmd.Flags().IntVar(&limit, "limit", 0, "page size, 1–500")
-	cmd.Flags().StringVar(&cursor, "cursor", "", "next_cursor of the previous page")
+	pageQuery := pageFlags(cmd)
 	cmd.RunE = action(conn, func(in *invocation) error {
-		query := url.Values{}
-		if in.cmd.Flags().Changed("limit") {
-			query.Set("limit", strconv.Itoa(limit))
-		}
-		if cursor != "" {
-			query.Set("cursor", cursor)
-		}
+		query := pageQuery()
 		var page struct {
 			Users      []apiUser `json:"users"`
 			NextCursor *string   `json:"next_cursor"`
