@@ -31,6 +31,7 @@ type Config struct {
 	Big         bool          // also run the miss-path scenario on a second instance
 	BigKeys     int           // keys of the big instance
 	BigCache    int64         // api_keys cache of the big instance (smaller than BigKeys)
+	BlockCache  int64         // api_keys block_cache in MiB of both instances (0: the module's default)
 	Conns       int           // concurrent connections (one worker each)
 	Duration    time.Duration // of each timed run
 	Warmup      time.Duration // untimed A and B run before each scenario
@@ -123,6 +124,7 @@ type ConfigView struct {
 	Scenarios  []string `json:"scenarios"`
 	IdleConns  int      `json:"upstream_idle_conns_per_host"`
 	Flush      string   `json:"flush_interval"`
+	BlockCache int64    `json:"block_cache_mb,omitempty"`
 	Profiling  bool     `json:"profiling"`
 	ImportSize int      `json:"import_chunk"`
 }
@@ -202,7 +204,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			Upstream: "in-process net/http on " + up.Addr, BodyBytes: len(upstreamBody)},
 		Config: ConfigView{Conns: cfg.Conns, Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(), Rounds: cfg.Rounds,
 			Keys: cfg.Keys, Cache: cfg.Cache, ZipfS: cfg.ZipfS, Scenarios: cfg.Scenarios, IdleConns: cfg.IdleConns,
-			Flush: cfg.Flush.String(), Profiling: cfg.ProfileDir != "", ImportSize: cfg.ImportChunk},
+			Flush: cfg.Flush.String(), BlockCache: cfg.BlockCache, Profiling: cfg.ProfileDir != "", ImportSize: cfg.ImportChunk},
 	}
 	if cfg.Big {
 		rep.Config.BigKeys, rep.Config.BigCache = cfg.BigKeys, cfg.BigCache
@@ -338,10 +340,7 @@ func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, cli
 					url = kg.urlB
 				}
 				file := filepath.Join(cfg.ProfileDir, fmt.Sprintf("%s-%s-%s.pprof", inst.Name, name, side))
-				err := profileRun(ctx, kg, client, url, cfg, pick, file)
-				if side == "B" {
-					settle(ctx, kg.pid(), cfg.Flush)
-				}
+				err := profileRun(ctx, kg, client, url, cfg, pick, file, side == "B")
 				if err != nil {
 					cfg.Logf("profile %s: %v", file, err)
 					continue
@@ -458,10 +457,14 @@ func (k *keygate) pid() int { return k.cmd.Process.Pid }
 
 // caddyfile is the generated config: site A is reverse_proxy alone, site B
 // the identical reverse_proxy block behind api_key (PITFALLS 18).
-func caddyfile(dir, storeDir, upstream string, cache int64, flush time.Duration, portA, portB, adminPort, idleConns int) string {
+func caddyfile(dir, storeDir, upstream string, cache, blockCache int64, flush time.Duration, portA, portB, adminPort, idleConns int) string {
 	admin := "admin off"
 	if adminPort > 0 {
 		admin = fmt.Sprintf("admin 127.0.0.1:%d", adminPort)
+	}
+	blockCacheLine := ""
+	if blockCache > 0 {
+		blockCacheLine = fmt.Sprintf("\n\t\tblock_cache %d", blockCache)
 	}
 	proxy := "reverse_proxy " + upstream
 	if idleConns > 0 {
@@ -478,7 +481,7 @@ func caddyfile(dir, storeDir, upstream string, cache int64, flush time.Duration,
 	api_keys {
 		storage %s
 		cache %d
-		flush_interval %s
+		flush_interval %s%s
 	}
 }
 
@@ -492,7 +495,7 @@ http://127.0.0.1:%d {
 	api_key
 	%s
 }
-`, admin, filepath.Join(dir, "caddy"), storeDir, cache, flush, portA, proxy, portB, proxy)
+`, admin, filepath.Join(dir, "caddy"), storeDir, cache, flush, blockCacheLine, portA, proxy, portB, proxy)
 }
 
 // startKeygate starts the binary on the store and waits until both sites
@@ -509,7 +512,7 @@ func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream 
 			adminPort = ports[2]
 		}
 		cf := filepath.Join(dir, "Caddyfile")
-		text := caddyfile(dir, storeDir, upstream, cache, cfg.Flush, ports[0], ports[1], adminPort, cfg.IdleConns)
+		text := caddyfile(dir, storeDir, upstream, cache, cfg.BlockCache, cfg.Flush, ports[0], ports[1], adminPort, cfg.IdleConns)
 		if err := os.WriteFile(cf, []byte(text), 0o600); err != nil {
 			return nil, err
 		}
@@ -610,20 +613,26 @@ func (k *keygate) stop() {
 }
 
 // profileRun fetches a CPU profile from Caddy's admin endpoint while load
-// runs against url (an extra, unreported run).
-func profileRun(ctx context.Context, kg *keygate, client *http.Client, url string, cfg Config, pick pickerFactory, file string) error {
+// runs against url (an extra, unreported run). With flush set the profile
+// also covers the flush interval after the load, so the usage flush the run
+// caused is in it, as it is charged to B in the timed runs.
+func profileRun(ctx context.Context, kg *keygate, client *http.Client, url string, cfg Config, pick pickerFactory, file string, flush bool) error {
 	if kg.admin == "" {
 		return errors.New("admin endpoint not enabled")
 	}
 	secs := max(1, int(cfg.Duration.Round(time.Second).Seconds()))
+	profSecs := secs
+	if flush {
+		profSecs += int(cfg.Flush.Round(time.Second).Seconds()) + 2
+	}
 	type got struct {
 		data []byte
 		err  error
 	}
 	ch := make(chan got, 1)
 	go func() {
-		c := &http.Client{Timeout: time.Duration(secs+30) * time.Second}
-		resp, err := c.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", kg.admin, secs))
+		c := &http.Client{Timeout: time.Duration(profSecs+30) * time.Second}
+		resp, err := c.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", kg.admin, profSecs))
 		if err != nil {
 			ch <- got{err: err}
 			return
@@ -638,8 +647,11 @@ func profileRun(ctx context.Context, kg *keygate, client *http.Client, url strin
 	cpu0 := procCPU(kg.pid())
 	r := load(ctx, client, url, cfg.Conns, time.Duration(secs)*time.Second+500*time.Millisecond, pick)
 	cpu := procCPU(kg.pid()) - cpu0
-	cfg.Logf("profiled run: %.0f req/s, p99 %.0fµs, %d requests, keygate cpu %.1fµs/req", r.RPS, r.P99us, r.Requests, cpu.Seconds()*1e6/float64(max(r.Requests, 1)))
 	g := <-ch
+	cpuAll := procCPU(kg.pid()) - cpu0
+	perReq := func(d time.Duration) float64 { return d.Seconds() * 1e6 / float64(max(r.Requests, 1)) }
+	cfg.Logf("profiled run: %.0f req/s, p99 %.0fµs, %d requests, keygate cpu %.1fµs/req (%.1f with the profile's tail)",
+		r.RPS, r.P99us, r.Requests, perReq(cpu), perReq(cpuAll))
 	if g.err != nil {
 		return g.err
 	}

@@ -38,6 +38,7 @@ func main() {
 	flag.BoolVar(&cfg.Big, "big", false, "also run the miss-path scenario: --big-keys keys with a --big-cache cache, uniform")
 	flag.IntVar(&cfg.BigKeys, "big-keys", 1_000_000, "keys of the big instance")
 	flag.Int64Var(&cfg.BigCache, "big-cache", 100_000, "api_keys cache entries of the big instance")
+	flag.Int64Var(&cfg.BlockCache, "block-cache", 0, "api_keys block_cache in MiB of both instances (0: the module's default)")
 	flag.IntVar(&cfg.Conns, "conns", 50, "concurrent keep-alive connections")
 	flag.DurationVar(&cfg.Duration, "duration", 5*time.Second, "duration of each timed run")
 	flag.DurationVar(&cfg.Warmup, "warmup", time.Second, "untimed warm-up per side before each scenario")

@@ -247,7 +247,11 @@ func Markdown(rep *Report) string {
 	if c.IdleConns > 0 {
 		idle = fmt.Sprint(c.IdleConns)
 	}
-	fmt.Fprintf(&b, "- upstream keep-alive idle pool per host: %s (same on both sites); api_keys flush_interval %s; profiling: %v\n", idle, c.Flush, c.Profiling)
+	blockCache := "the module's default"
+	if c.BlockCache > 0 {
+		blockCache = fmt.Sprintf("%d MiB", c.BlockCache)
+	}
+	fmt.Fprintf(&b, "- upstream keep-alive idle pool per host: %s (same on both sites); api_keys flush_interval %s, block_cache %s; profiling: %v\n", idle, c.Flush, blockCache, c.Profiling)
 	b.WriteString("- after each B run (and each warm-up) the bench waits one flush interval and until keygate is idle, so that the usage flush of the keys B used runs before the next A run instead of inside it; keygate's CPU per request is measured over run + that wait\n")
 	b.WriteString("- every run draws fresh random keys (no run replays an earlier run's sequence)\n")
 	fmt.Fprintf(&b, "- keys imported with store.CreateKeys, %d keys per call (one owner per call; max_keys_per_user is at most 1000)\n\n", c.ImportSize)
