@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -38,21 +41,42 @@ type KV interface {
 	Close() error
 }
 
+// MergeFunc combines two values of a key written with Batch.Merge: older is
+// the value (or operand) written first, nil when there is none. It must be
+// associative and must not fail, because Pebble also calls it inside
+// compactions; it returns a new slice.
+type MergeFunc func(key, older, newer []byte) []byte
+
 // Batch collects writes for KV.Apply.
 type Batch struct {
 	ops []batchOp
 }
 
+type opKind uint8
+
+const (
+	opSet opKind = iota
+	opDelete
+	opMerge
+)
+
 type batchOp struct {
 	key, value []byte
-	del        bool
+	kind       opKind
 }
 
 // Set records a put of value under key.
 func (b *Batch) Set(key, value []byte) { b.ops = append(b.ops, batchOp{key: key, value: value}) }
 
 // Delete records a delete of key.
-func (b *Batch) Delete(key []byte) { b.ops = append(b.ops, batchOp{key: key, del: true}) }
+func (b *Batch) Delete(key []byte) { b.ops = append(b.ops, batchOp{key: key, kind: opDelete}) }
+
+// Merge records operand to be combined with key's current value by the KV's
+// MergeFunc. It is a blind write: the KV does not read the key to apply it
+// (except on stores created before merges existed, see openPebble).
+func (b *Batch) Merge(key, operand []byte) {
+	b.ops = append(b.ops, batchOp{key: key, value: operand, kind: opMerge})
+}
 
 // Len is the number of recorded operations.
 func (b *Batch) Len() int { return len(b.ops) }
@@ -65,14 +89,38 @@ type pebbleKV struct {
 	db       *pebble.DB
 	closed   bool
 	watchers []func(keys [][]byte)
+	merge    MergeFunc
+	// emulateMerge: the store was created with Pebble's default merger,
+	// whose name Pebble pins in the store, so merges are applied as
+	// read-modify-write inside Apply instead.
+	emulateMerge bool
 }
 
+// mergerName is recorded by Pebble in every store and sstable it writes; a
+// store can only be opened with the merger it was created with.
+const mergerName = "keygate.merge.v1"
+
 // openPebble opens (creating if needed) a Pebble database in dir. fs may be
-// nil for the OS filesystem; tests pass vfs.NewMem().
-func openPebble(dir string, fs vfs.FS, logger Logger, blockCache int64) (*pebbleKV, error) {
+// nil for the OS filesystem; tests pass vfs.NewMem(). merge combines the
+// values of Batch.Merge writes.
+func openPebble(dir string, fs vfs.FS, logger Logger, blockCache int64, merge MergeFunc) (*pebbleKV, error) {
 	opts := &pebble.Options{Logger: pebbleLogger{logger}}
 	if fs != nil {
 		opts.FS = fs
+	}
+	opts.EnsureDefaults()
+	kv := &pebbleKV{merge: merge}
+	prev, err := storeMerger(dir, opts.FS)
+	if err != nil {
+		return nil, fmt.Errorf("open pebble at %s: %w", dir, err)
+	}
+	switch prev {
+	case "", mergerName:
+		opts.Merger = &pebble.Merger{Name: mergerName, Merge: kv.pebbleMerge}
+	case pebble.DefaultMerger.Name:
+		kv.emulateMerge = true // a store from before merges existed
+	default:
+		return nil, fmt.Errorf("open pebble at %s: store was written with merger %q, not keygate's", dir, prev)
 	}
 	// A block cache that holds the index blocks of a large key set, and
 	// bloom filters so that unknown secrets (garbage, rotated-out keys)
@@ -88,7 +136,65 @@ func openPebble(dir string, fs vfs.FS, logger Logger, blockCache int64) (*pebble
 	if err != nil {
 		return nil, fmt.Errorf("open pebble at %s: %w", dir, err)
 	}
-	return &pebbleKV{db: db}, nil
+	kv.db = db
+	return kv, nil
+}
+
+// storeMerger returns the merger name recorded in an existing store's
+// latest OPTIONS file, or "" when dir holds no store yet.
+func storeMerger(dir string, fs vfs.FS) (string, error) {
+	if _, err := fs.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	desc, err := pebble.Peek(dir, fs)
+	if err != nil {
+		return "", fmt.Errorf("peek: %w", err)
+	}
+	if !desc.Exists || desc.OptionsFilename == "" {
+		return "", nil
+	}
+	f, err := fs.Open(desc.OptionsFilename)
+	if err != nil {
+		return "", fmt.Errorf("read options: %w", err)
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(f)
+	if err != nil {
+		return "", fmt.Errorf("read options: %w", err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "merger="); ok {
+			return name, nil
+		}
+	}
+	return "", nil
+}
+
+// pebbleMerge adapts the MergeFunc to Pebble's merger. Pebble hands it the
+// operands of one key newest or oldest first; values are only valid during
+// the call, which MergeFunc's fresh result takes care of.
+func (p *pebbleKV) pebbleMerge(key, value []byte) (pebble.ValueMerger, error) {
+	return &valueMerger{key: bytes.Clone(key), f: p.merge, cur: bytes.Clone(value)}, nil
+}
+
+type valueMerger struct {
+	key []byte
+	f   MergeFunc
+	cur []byte
+}
+
+func (m *valueMerger) MergeNewer(value []byte) error {
+	m.cur = m.f(m.key, m.cur, value)
+	return nil
+}
+
+func (m *valueMerger) MergeOlder(value []byte) error {
+	m.cur = m.f(m.key, value, m.cur)
+	return nil
+}
+
+func (m *valueMerger) Finish(includesBase bool) ([]byte, io.Closer, error) {
+	return m.cur, nil, nil
 }
 
 func (p *pebbleKV) Get(key []byte) ([]byte, error) {
@@ -121,13 +227,25 @@ func (p *pebbleKV) Apply(b *Batch, sync bool) error {
 		p.mu.RUnlock()
 		return ErrClosed
 	}
-	pb := p.db.NewBatch()
+	var pb *pebble.Batch
+	if p.emulateMerge {
+		pb = p.db.NewIndexedBatch() // reads see the batch's own earlier writes
+	} else {
+		pb = p.db.NewBatch()
+	}
 	keys := make([][]byte, 0, len(b.ops))
 	for _, op := range b.ops {
 		var err error
-		if op.del {
+		switch {
+		case op.kind == opDelete:
 			err = pb.Delete(op.key, nil)
-		} else {
+		case op.kind == opMerge && p.merge == nil:
+			err = errors.New("merge without a MergeFunc")
+		case op.kind == opMerge && p.emulateMerge:
+			err = p.emulatedMerge(pb, op.key, op.value)
+		case op.kind == opMerge:
+			err = pb.Merge(op.key, op.value, nil)
+		default:
 			err = pb.Set(op.key, op.value, nil)
 		}
 		if err != nil {
@@ -152,6 +270,22 @@ func (p *pebbleKV) Apply(b *Batch, sync bool) error {
 		w(keys)
 	}
 	return nil
+}
+
+// emulatedMerge is read-modify-write: the store serializes its writers, so
+// nothing else writes the key between the read and the commit.
+func (p *pebbleKV) emulatedMerge(pb *pebble.Batch, key, operand []byte) error {
+	var old []byte
+	v, closer, err := pb.Get(key)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return err
+	default:
+		old = bytes.Clone(v)
+		_ = closer.Close()
+	}
+	return pb.Set(key, p.merge(key, old, operand), nil)
 }
 
 func (p *pebbleKV) Scan(prefix, start []byte, fn func(key, value []byte) bool) error {

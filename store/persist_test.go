@@ -215,7 +215,7 @@ func TestSchemaVersion(t *testing.T) {
 		value string
 		ok    bool
 	}{{"2", false}, {"abc", false}, {"0", false}, {"1", true}} {
-		kv, err := openPebble(dir, nil, nopLogger{}, 8<<20)
+		kv, err := openPebble(dir, nil, nopLogger{}, 8<<20, mergeValues)
 		mustNil(t, err)
 		var b Batch
 		b.Set([]byte(pMeta+"schema"), []byte(c.value))

@@ -38,7 +38,7 @@ func raceRounds(t *testing.T, rounds int, kill func(s *Store, id string) error) 
 	for round := range rounds {
 		var s *Store
 		if round%2 == 1 {
-			kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20)
+			kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
 			mustNil(t, err)
 			s = memStore(t, nil, func(o *Options) { o.KV = &slowKV{KV: kv} })
 		} else {
@@ -308,7 +308,7 @@ func (k *countingKV) Get(key []byte) ([]byte, error) {
 }
 
 func TestVerifyStoreReads(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20)
+	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
 	mustNil(t, err)
 	ckv := &countingKV{KV: kv}
 	clk := newClock()

@@ -162,7 +162,7 @@ func Open(opts Options) (*Store, error) {
 		if opts.Dir == "" {
 			return nil, errors.New("store: no directory given")
 		}
-		p, err := openPebble(opts.Dir, opts.FS, opts.Logger, opts.BlockCache)
+		p, err := openPebble(opts.Dir, opts.FS, opts.Logger, opts.BlockCache, mergeValues)
 		if err != nil {
 			return nil, err
 		}

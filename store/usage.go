@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -52,6 +53,13 @@ type usageRecord struct {
 // never writes to the store. Sharded to keep lock contention low.
 type usageBuffer struct {
 	shards [64]usageShard
+
+	// deleted holds keys deleted recently, with the flush count at the
+	// time: Flush writes usage blindly (Batch.Merge), so without this a use
+	// recorded by a request that verified just before the delete would
+	// recreate the key's usage record. Guarded by Store.wmu.
+	deleted map[string]uint64
+	flushes uint64
 }
 
 type usageShard struct {
@@ -68,7 +76,7 @@ type usageDelta struct {
 }
 
 func newUsageBuffer() *usageBuffer {
-	u := &usageBuffer{}
+	u := &usageBuffer{deleted: map[string]uint64{}}
 	for i := range u.shards {
 		u.shards[i].m = map[string]*usageDelta{}
 	}
@@ -130,11 +138,28 @@ func (u *usageBuffer) pending(id string) []minuteCount {
 	return nil
 }
 
+// forget drops a deleted key's buffered usage and keeps the next two
+// flushes from writing any for it. The caller holds Store.wmu.
 func (u *usageBuffer) forget(id string) {
 	sh := u.shard(id)
 	sh.mu.Lock()
 	delete(sh.m, id)
 	sh.mu.Unlock()
+	u.deleted[id] = u.flushes
+}
+
+// skipDeleted removes keys deleted recently from deltas and forgets the
+// deletions old enough that no request can still record a use: the one
+// that verified just before a delete records it right after, long before
+// two flush intervals pass. The caller holds Store.wmu.
+func (u *usageBuffer) skipDeleted(deltas map[string]*usageDelta) {
+	u.flushes++
+	for id, at := range u.deleted {
+		delete(deltas, id)
+		if u.flushes > at+2 {
+			delete(u.deleted, id)
+		}
+	}
 }
 
 func (u *usageBuffer) take() map[string]*usageDelta {
@@ -171,29 +196,21 @@ func (s *Store) flushLoop(every time.Duration) {
 
 // Flush writes buffered last-used times and usage counters in one durable
 // batch, plus one "key.requests_denied" event per key that was denied since
-// the last flush. Keys deleted meanwhile are skipped.
+// the last flush. Each key's usage is a blind merge (mergeUsage combines it
+// with the stored record), so a flush reads nothing. Keys deleted meanwhile
+// are skipped.
 func (s *Store) Flush() error {
 	deltas := s.usage.take()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.usage.skipDeleted(deltas)
 	if len(deltas) == 0 {
 		return nil
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	now := s.now().UTC()
 	var b Batch
 	for id, d := range deltas {
-		if _, err := s.kv.Get(k(pKeyID + id)); errors.Is(err, errKVNotFound) {
-			continue
-		} else if err != nil {
-			return fmt.Errorf("flush usage: %w", err)
-		}
-		rec, err := s.usageRecord(id)
-		if err != nil {
-			return fmt.Errorf("flush usage: %w", err)
-		}
-		if rec == nil {
-			rec = &usageRecord{}
-		}
+		var rec usageRecord
 		if d.used {
 			at := d.at.UTC()
 			rec.LastUsedAt, rec.LastUsedIP = &at, d.ip.String()
@@ -207,8 +224,8 @@ func (s *Store) Flush() error {
 				}
 			}
 		}
-		rec.Minutes = mergeMinutes(rec.Minutes, d.minutes, now)
-		b.Set(k(pKeyUsage+id), encodeUsage(rec))
+		rec.Minutes = mergeMinutes(nil, d.minutes, now)
+		b.Merge(k(pKeyUsage+id), encodeUsage(&rec))
 		if detail := outcomeMap(denied); len(detail) > 0 {
 			s.event(&b, now, d.tenant, "key.requests_denied", "gateway", id, detail)
 		}
@@ -297,4 +314,41 @@ func (s *Store) Usage(tenant, id string) (*KeyUsage, error) {
 		out.PerMinute = append(out.PerMinute, mu)
 	}
 	return out, nil
+}
+
+// mergeValues is the store's MergeFunc. Only usage records are merged.
+func mergeValues(key, older, newer []byte) []byte {
+	if bytes.HasPrefix(key, []byte(pKeyUsage)) {
+		return mergeUsage(older, newer)
+	}
+	return bytes.Clone(newer) // nothing else is merged: the newer value wins
+}
+
+// mergeUsage adds two usage records: counts add up, the later last use
+// wins, and minutes older than the usage window before the newest minute
+// are dropped. It is associative and commutative. A side that does not
+// decode counts as empty: merges also run inside Pebble's compactions, where
+// an error would stop them, and such a record could not be read anyway.
+func mergeUsage(older, newer []byte) []byte {
+	var a, b usageRecord
+	if len(older) > 0 && decodeUsage(older, &a) != nil {
+		a = usageRecord{}
+	}
+	if decodeUsage(newer, &b) != nil {
+		b = usageRecord{}
+	}
+	if b.LastUsedAt != nil && (a.LastUsedAt == nil || b.LastUsedAt.After(*a.LastUsedAt)) {
+		a.LastUsedAt, a.LastUsedIP = b.LastUsedAt, b.LastUsedIP
+	}
+	for o := range a.Totals {
+		a.Totals[o] += b.Totals[o]
+	}
+	var newest int64
+	for _, m := range [][]minuteCount{a.Minutes, b.Minutes} {
+		if n := len(m); n > 0 && m[n-1].Minute > newest {
+			newest = m[n-1].Minute
+		}
+	}
+	a.Minutes = mergeMinutes(a.Minutes, b.Minutes, time.Unix(newest*60, 0))
+	return encodeUsage(&a)
 }

@@ -1,0 +1,274 @@
+package store
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// getCountingKV counts every read.
+type getCountingKV struct {
+	KV
+	gets atomic.Int64
+}
+
+func (k *getCountingKV) Get(key []byte) ([]byte, error) {
+	k.gets.Add(1)
+	return k.KV.Get(key)
+}
+
+// The usage flush is blind: however many keys were used, it reads nothing.
+func TestFlushReadsNothing(t *testing.T) {
+	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
+	mustNil(t, err)
+	ckv := &getCountingKV{KV: kv}
+	clk := newClock()
+	s := memStore(t, clk, func(o *Options) { o.KV = ckv })
+	enable(t, s, DefaultTenant)
+	ip := netip.MustParseAddr("192.0.2.7")
+	var ids []string
+	for i := range 20 {
+		key, secret := mustKey(t, s, DefaultTenant, "alice", KeyInput{})
+		view, _, err := s.Verify(DefaultTenant, secret, clk.Now())
+		mustNil(t, err)
+		s.RecordUse(view, ip, OutcomeOK, clk.Now())
+		if i%2 == 0 {
+			s.RecordUse(view, ip, OutcomeForbidden, clk.Now())
+		}
+		ids = append(ids, key.ID)
+	}
+	for round := range 3 {
+		for _, id := range ids {
+			s.RecordUse(&KeyView{ID: id, Tenant: DefaultTenant}, ip, OutcomeOK, clk.Now())
+		}
+		g0 := ckv.gets.Load()
+		mustNil(t, s.Flush())
+		if d := ckv.gets.Load() - g0; d != 0 {
+			t.Fatalf("flush %d read the store %d times", round, d)
+		}
+	}
+	for i, id := range ids {
+		u, err := s.Usage(DefaultTenant, id)
+		mustNil(t, err)
+		want := uint64(4)
+		if i%2 == 0 {
+			want = 5
+		}
+		if u.Total != want || u.LastUsedIP == nil || *u.LastUsedIP != ip.String() {
+			t.Fatalf("key %d: total %d, last IP %v", i, u.Total, u.LastUsedIP)
+		}
+	}
+}
+
+func randUsage(r *rand.Rand) *usageRecord {
+	u := &usageRecord{}
+	if r.IntN(3) > 0 {
+		at := time.Unix(1_700_000_000+r.Int64N(1_000_000), r.Int64N(1e9)).UTC()
+		u.LastUsedAt, u.LastUsedIP = &at, netip.AddrFrom4([4]byte{192, 0, 2, byte(r.IntN(256))}).String()
+	}
+	for o := range u.Totals {
+		u.Totals[o] = uint64(r.IntN(1000))
+	}
+	m := int64(28_000_000 + r.IntN(50))
+	for range r.IntN(5) {
+		m += int64(1 + r.IntN(3))
+		var mc minuteCount
+		mc.Minute = m
+		for o := range mc.Counts {
+			mc.Counts[o] = uint64(r.IntN(10))
+		}
+		u.Minutes = append(u.Minutes, mc)
+	}
+	return u
+}
+
+func decodedUsage(t *testing.T, b []byte) usageRecord {
+	t.Helper()
+	var u usageRecord
+	mustNil(t, decodeUsage(b, &u))
+	return u
+}
+
+// Pebble merges operands in any grouping (partial merges in compactions),
+// so mergeUsage must be associative; counts must not depend on order.
+func TestMergeUsageAlgebra(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 500 {
+		a, b, c := encodeUsage(randUsage(r)), encodeUsage(randUsage(r)), encodeUsage(randUsage(r))
+		left := decodedUsage(t, mergeUsage(mergeUsage(a, b), c))
+		right := decodedUsage(t, mergeUsage(a, mergeUsage(b, c)))
+		if !reflect.DeepEqual(left, right) {
+			t.Fatalf("case %d: not associative:\n%+v\n%+v", i, left, right)
+		}
+		ab, ba := decodedUsage(t, mergeUsage(a, b)), decodedUsage(t, mergeUsage(b, a))
+		ua, ub := decodedUsage(t, a), decodedUsage(t, b)
+		for o := range ab.Totals {
+			if ab.Totals[o] != ua.Totals[o]+ub.Totals[o] || ba.Totals[o] != ab.Totals[o] {
+				t.Fatalf("case %d: totals %v + %v = %v / %v", i, ua.Totals, ub.Totals, ab.Totals, ba.Totals)
+			}
+		}
+		if !reflect.DeepEqual(ab.Minutes, ba.Minutes) {
+			t.Fatalf("case %d: minutes depend on order", i)
+		}
+		var want *time.Time
+		for _, u := range []usageRecord{ua, ub} {
+			if u.LastUsedAt != nil && (want == nil || u.LastUsedAt.After(*want)) {
+				want = u.LastUsedAt
+			}
+		}
+		if (want == nil) != (ab.LastUsedAt == nil) || want != nil && !want.Equal(*ab.LastUsedAt) {
+			t.Fatalf("case %d: last used %v, want the later %v", i, ab.LastUsedAt, want)
+		}
+	}
+	// A missing or undecodable side counts as empty.
+	one := encodeUsage(&usageRecord{Totals: [numOutcomes]uint64{3}})
+	for _, bad := range [][]byte{nil, {}, {0x7f}, {usageCodecV1}} {
+		if got := decodedUsage(t, mergeUsage(bad, one)); got.Totals[0] != 3 {
+			t.Fatalf("merge(%x, one) = %+v", bad, got)
+		}
+	}
+	// JSON records of earlier versions merge too.
+	if got := decodedUsage(t, mergeUsage([]byte(`{"totals":[5,0,0,0,0,0,1],"minutes":[]}`), one)); got.Totals[0] != 8 || got.Totals[6] != 1 {
+		t.Fatalf("merge with a JSON record = %+v", got)
+	}
+	// Minutes older than the window before the newest one are dropped.
+	old := encodeUsage(&usageRecord{Minutes: []minuteCount{{Minute: 100, Counts: [numOutcomes]uint64{1}}}})
+	newer := encodeUsage(&usageRecord{Minutes: []minuteCount{{Minute: 100 + 24*60 + 1, Counts: [numOutcomes]uint64{1}}}})
+	if got := decodedUsage(t, mergeUsage(old, newer)); len(got.Minutes) != 1 || got.Minutes[0].Minute != 100+24*60+1 {
+		t.Fatalf("window: %+v", got.Minutes)
+	}
+}
+
+// Usage written as merge operands survives restarts and Pebble compactions
+// (which run mergeUsage inside Pebble) with nothing lost or counted twice.
+func TestUsageMergesAcrossReopenAndCompaction(t *testing.T) {
+	dir := t.TempDir()
+	clk := newClock()
+	open := func() *Store { return diskStore(t, dir, clk) }
+	s := open()
+	enable(t, s, DefaultTenant)
+	key, secret := mustKey(t, s, DefaultTenant, "alice", KeyInput{})
+	ip := netip.MustParseAddr("2001:db8::5")
+	want := 0
+	for round := range 4 {
+		view, _, err := s.Verify(DefaultTenant, secret, clk.Now())
+		mustNil(t, err)
+		for range round + 1 {
+			s.RecordUse(view, ip, OutcomeOK, clk.Now())
+			want++
+		}
+		mustNil(t, s.Flush())
+		if round%2 == 1 {
+			p := s.kv.(*pebbleKV)
+			mustNil(t, p.db.Compact(t.Context(), []byte(pKeyUsage), prefixEnd([]byte(pKeyUsage)), false))
+		}
+		mustNil(t, s.Close())
+		clk.Advance(time.Minute)
+		s = open()
+	}
+	u, err := s.Usage(DefaultTenant, key.ID)
+	mustNil(t, err)
+	if u.Total != uint64(want) || len(u.PerMinute) != 4 || u.LastUsedAt == nil {
+		t.Fatalf("after reopens and compactions: total %d (want %d), %d minutes, last used %v", u.Total, want, len(u.PerMinute), u.LastUsedAt)
+	}
+	if s.kv.(*pebbleKV).emulateMerge {
+		t.Fatal("a new store emulates merges")
+	}
+}
+
+// A store created before usage merges existed (Pebble's default merger is
+// pinned in it) still opens, and its usage flushes add up, read-modify-write.
+func TestLegacyStoreEmulatesMerge(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	clk := newClock()
+	s := diskStore(t, dir, clk, func(o *Options) { o.KV = legacyKV(t, dir) })
+	enable(t, s, DefaultTenant)
+	key, secret := mustKey(t, s, DefaultTenant, "alice", KeyInput{})
+	mustNil(t, s.Close())
+	// An earlier version wrote this key's usage as JSON.
+	db, err := pebble.Open(dir, &pebble.Options{})
+	mustNil(t, err)
+	mustNil(t, db.Set([]byte(pKeyUsage+key.ID), []byte(`{"totals":[5,0,0,0,0,0,0],"minutes":[]}`), pebble.Sync))
+	mustNil(t, db.Close())
+
+	for round := range 2 {
+		s = diskStore(t, dir, clk)
+		if !s.kv.(*pebbleKV).emulateMerge {
+			t.Fatal("legacy store not detected")
+		}
+		view, _, err := s.Verify(DefaultTenant, secret, clk.Now())
+		mustNil(t, err)
+		s.RecordUse(view, netip.MustParseAddr("192.0.2.1"), OutcomeOK, clk.Now())
+		s.RecordUse(view, netip.MustParseAddr("192.0.2.1"), OutcomeOK, clk.Now())
+		mustNil(t, s.Flush())
+		rec, err := s.usageRecord(key.ID)
+		mustNil(t, err)
+		if want := uint64(5 + 2*(round+1)); rec == nil || rec.Totals[OutcomeOK] != want || rec.LastUsedAt == nil {
+			t.Fatalf("round %d: usage %+v, want %d ok", round, rec, want)
+		}
+		mustNil(t, s.Close())
+	}
+}
+
+// legacyKV opens dir the way versions before merges did: Pebble's default
+// merger, recorded in the store's OPTIONS file.
+func legacyKV(t *testing.T, dir string) KV {
+	t.Helper()
+	db, err := pebble.Open(dir, &pebble.Options{})
+	mustNil(t, err)
+	mustNil(t, db.Close())
+	kv, err := openPebble(dir, nil, nopLogger{}, 8<<20, mergeValues)
+	mustNil(t, err)
+	if !kv.emulateMerge {
+		t.Fatal("default-merger store not detected")
+	}
+	return kv
+}
+
+func TestForeignMergerRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	db, err := pebble.Open(dir, &pebble.Options{Merger: &pebble.Merger{Name: "someone.else", Merge: pebble.DefaultMerger.Merge}})
+	mustNil(t, err)
+	mustNil(t, db.Close())
+	_, err = Open(Options{Dir: dir, FlushInterval: -1})
+	if err == nil || !strings.Contains(err.Error(), `"someone.else"`) {
+		t.Fatalf("open a store with a foreign merger: %v", err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Deleted keys are remembered for two flushes, then forgotten.
+func TestDeletedKeysForgotten(t *testing.T) {
+	clk := newClock()
+	s := memStore(t, clk)
+	enable(t, s, DefaultTenant)
+	key, secret := mustKey(t, s, DefaultTenant, "alice", KeyInput{})
+	view, _, err := s.Verify(DefaultTenant, secret, clk.Now())
+	mustNil(t, err)
+	mustNil(t, s.DeleteKey("op", DefaultTenant, key.ID))
+	for i := range 3 {
+		// A request that verified before the delete records after it.
+		s.RecordUse(view, netip.MustParseAddr("192.0.2.1"), OutcomeOK, clk.Now())
+		mustNil(t, s.Flush())
+		if _, err := s.kv.Get([]byte(pKeyUsage + key.ID)); err != errKVNotFound && i < 2 {
+			t.Fatalf("flush %d wrote usage of a deleted key: %v", i, err)
+		}
+	}
+	s.wmu.Lock()
+	n := len(s.usage.deleted)
+	s.wmu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d deleted keys still remembered after three flushes", n)
+	}
+}
