@@ -34,7 +34,8 @@ const SchemaVersion = 1
 //	k/<key id>                   → current secret hash (32 bytes)
 //	kh/<secret hash>             → keyRecord (or a grace record)
 //	kt/<tenant>/<key id>         → current secret hash
-//	ku/<key id>                  → usageRecord, binary (usagecodec.go)
+//	ku/<key id>                  → usageRecord, binary (usagecodec.go), written
+//	                               as Pebble merge operands (mergeUsage)
 //	e/<tenant>/<event id>        → Event
 const (
 	pMeta      = "meta/"
