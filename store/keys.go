@@ -132,7 +132,7 @@ func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 
 // putKey writes the record and every index pointing at its hash.
 func (s *Store) putKey(b *Batch, rec *keyRecord, h SecretHash) {
-	b.Set(hashKey(pKeyHash, h), mustJSON(rec))
+	b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
 	b.Set(k(pKeyID+rec.ID), h[:])
 	b.Set(k(pKeyTenant+rec.Tenant, rec.ID), h[:])
 	b.Set(k(pKeyOwner+rec.Tenant, rec.Owner, rec.ID), h[:])
@@ -150,7 +150,7 @@ func (s *Store) loadKey(tenant, id string) (*keyRecord, SecretHash, error) {
 	}
 	copy(h[:], raw)
 	var rec keyRecord
-	if err := s.getJSON(hashKey(pKeyHash, h), &rec); err != nil {
+	if err := s.getKeyRecord(h, &rec); err != nil {
 		return nil, h, fmt.Errorf("read key %s: %w", id, err)
 	}
 	if rec.Tenant != tenant {
@@ -306,7 +306,7 @@ func (s *Store) scanTenantKeys(tenant string, fn func(*keyRecord) bool) error {
 		}
 		copy(h[:], v)
 		var rec keyRecord
-		if inner = s.getJSON(hashKey(pKeyHash, h), &rec); inner != nil {
+		if inner = s.getKeyRecord(h, &rec); inner != nil {
 			return false
 		}
 		return fn(&rec)
@@ -360,7 +360,7 @@ func (s *Store) ownerKeys(tenant, owner string) ([]*keyRecord, error) {
 	out := make([]*keyRecord, 0, len(hashes))
 	for _, h := range hashes {
 		var rec keyRecord
-		if err := s.getJSON(hashKey(pKeyHash, h), &rec); err != nil {
+		if err := s.getKeyRecord(h, &rec); err != nil {
 			return nil, fmt.Errorf("read key: %w", err)
 		}
 		out = append(out, &rec)
@@ -441,12 +441,14 @@ func (s *Store) UpdateKey(actor, tenant, id string, p KeyPatch) (*Key, error) {
 	now := s.now().UTC()
 	rec.UpdatedAt = now
 	var b Batch
-	b.Set(hashKey(pKeyHash, h), mustJSON(rec))
+	b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
 	if rec.PrevHash != nil {
 		// Rewrite the grace record unchanged so that caches holding the
 		// rotated-out secret's view (built from this record) drop it too.
-		if raw, err := s.kv.Get(hashKey(pKeyHash, *rec.PrevHash)); err == nil {
-			b.Set(hashKey(pKeyHash, *rec.PrevHash), raw)
+		// (A grace record still in JSON is rewritten in the binary form.)
+		var grace keyRecord
+		if err := s.getKeyRecord(*rec.PrevHash, &grace); err == nil {
+			b.Set(hashKey(pKeyHash, *rec.PrevHash), encodeKeyRecord(&grace))
 		}
 	}
 	s.event(&b, now, tenant, "key.updated", actor, id, map[string]any{"fields": changed})
@@ -501,7 +503,7 @@ func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 		until = *rec.ExpiresAt // the old secret never outlives its expiry
 	}
 	if grace > 0 && until.After(now) {
-		b.Set(hashKey(pKeyHash, oldHash), mustJSON(&keyRecord{ID: id, GraceOf: &h, GraceUntil: &until, CreatedAt: rec.CreatedAt, UpdatedAt: now}))
+		b.Set(hashKey(pKeyHash, oldHash), encodeKeyRecord(&keyRecord{ID: id, GraceOf: &h, GraceUntil: &until, CreatedAt: rec.CreatedAt, UpdatedAt: now}))
 		rec.PrevHash, rec.PrevUntil = &oldHash, &until
 	} else {
 		b.Delete(hashKey(pKeyHash, oldHash))
@@ -530,7 +532,7 @@ func (s *Store) revokeInto(b *Batch, rec *keyRecord, h SecretHash, actor string,
 		b.Delete(hashKey(pKeyHash, *rec.PrevHash))
 		rec.PrevHash, rec.PrevUntil = nil, nil
 	}
-	b.Set(hashKey(pKeyHash, h), mustJSON(rec))
+	b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
 	s.event(b, now, rec.Tenant, "key.revoked", actor, rec.ID, nil)
 	return nil
 }

@@ -32,7 +32,7 @@ const SchemaVersion = 1
 //	tu/<tenant>/<user>/<tok id>  → ""
 //	g/<tenant>/<group>           → Group
 //	k/<key id>                   → current secret hash (32 bytes)
-//	kh/<secret hash>             → keyRecord (or a grace record)
+//	kh/<secret hash>             → keyRecord or grace record, binary (keycodec.go)
 //	kt/<tenant>/<key id>         → current secret hash
 //	ku/<key id>                  → usageRecord, binary (usagecodec.go), written
 //	                               as Pebble merge operands (mergeUsage)

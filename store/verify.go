@@ -273,7 +273,7 @@ func (s *Store) lookup(h SecretHash) (*KeyView, error) {
 // its grace period costs a second one).
 func (s *Store) loadView(h SecretHash) (*KeyView, error) {
 	var rec keyRecord
-	if err := s.getJSON(hashKey(pKeyHash, h), &rec); err != nil {
+	if err := s.getKeyRecord(h, &rec); err != nil {
 		if errors.Is(err, errKVNotFound) {
 			return nil, nil
 		}
@@ -286,7 +286,7 @@ func (s *Store) loadView(h SecretHash) (*KeyView, error) {
 			return nil, nil
 		}
 		var cur keyRecord
-		if err := s.getJSON(hashKey(pKeyHash, *rec.GraceOf), &cur); err != nil {
+		if err := s.getKeyRecord(*rec.GraceOf, &cur); err != nil {
 			if errors.Is(err, errKVNotFound) {
 				return nil, nil
 			}
