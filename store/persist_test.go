@@ -204,17 +204,21 @@ func TestCloseDuringVerify(t *testing.T) {
 func TestSchemaVersion(t *testing.T) {
 	dir := t.TempDir()
 	s := diskStore(t, dir, newClock())
-	v, err := s.kv.Get([]byte(pMeta + "schema"))
-	mustNil(t, err)
-	if string(v) != "1" || SchemaVersion != 1 {
+	schema := func(kv KV) string {
+		t.Helper()
+		v, err := kv.Get([]byte(pMeta + "schema"))
+		mustNil(t, err)
+		return string(v)
+	}
+	if v := schema(s.kv); v != "2" || SchemaVersion != 2 {
 		t.Fatalf("schema record %q", v)
 	}
 	mustNil(t, s.Close())
 
 	for _, c := range []struct {
-		value string
-		ok    bool
-	}{{"2", false}, {"abc", false}, {"0", false}, {"1", true}} {
+		value, after string
+		ok           bool
+	}{{"3", "", false}, {"abc", "", false}, {"0", "", false}, {"1", "2", true}, {"2", "2", true}} {
 		kv, err := openPebble(dir, nil, nopLogger{}, 8<<20, mergeValues)
 		mustNil(t, err)
 		var b Batch
@@ -224,6 +228,10 @@ func TestSchemaVersion(t *testing.T) {
 		s, err := Open(Options{Dir: dir, FlushInterval: -1})
 		if c.ok {
 			mustNil(t, err)
+			// A version-1 store is raised, so older binaries refuse it.
+			if v := schema(s.kv); v != c.after {
+				t.Fatalf("schema %q: %q after open, want %q", c.value, v, c.after)
+			}
 			mustNil(t, s.Close())
 			continue
 		}
@@ -231,8 +239,8 @@ func TestSchemaVersion(t *testing.T) {
 			_ = s.Close()
 			t.Fatalf("schema %q: a store of another layout was opened", c.value)
 		}
-		if c.value == "2" && !strings.Contains(err.Error(), "newer") {
-			t.Fatalf("schema 2: %v", err)
+		if c.value == "3" && !strings.Contains(err.Error(), "newer") {
+			t.Fatalf("schema 3: %v", err)
 		}
 	}
 	// A refused store was not modified and is not left locked.

@@ -18,8 +18,13 @@ import (
 )
 
 // SchemaVersion is the layout version written at meta/schema. Open refuses a
-// store written by a newer layout rather than misreading it.
-const SchemaVersion = 1
+// store written by a newer layout rather than misreading it, and raises an
+// older one's after checking it can read it.
+//
+//	1: JSON key records, usage rewritten in place
+//	2: binary key records (keycodec.go; JSON ones still read), usage written
+//	   as merge operands. A version-1 store needs no rewrite.
+const SchemaVersion = 2
 
 // Storage layout. Ids never contain '/', so prefixes never overlap.
 //
@@ -217,6 +222,16 @@ func (s *Store) init() error {
 		}
 		if n > SchemaVersion {
 			return fmt.Errorf("store: schema version %d is newer than this binary's %d", n, SchemaVersion)
+		}
+		if n < SchemaVersion {
+			// Every older layout is readable as it is; raising the version
+			// keeps older binaries, which would misread new records, out.
+			var b Batch
+			b.Set([]byte(pMeta+"schema"), []byte(strconv.Itoa(SchemaVersion)))
+			if err := s.kv.Apply(&b, true); err != nil {
+				return fmt.Errorf("raise schema version from %d: %w", n, err)
+			}
+			s.log.Infof("store: schema version raised from %d to %d", n, SchemaVersion)
 		}
 	}
 	if err := s.loadLastEvent(); err != nil {
