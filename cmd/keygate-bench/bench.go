@@ -346,6 +346,14 @@ func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, cli
 					continue
 				}
 				sc.Profiles = append(sc.Profiles, file)
+				if side == "B" { // what the collector has to mark, after both sides ran
+					heap := strings.TrimSuffix(file, ".pprof") + "-heap.pprof"
+					if err := fetchTo(kg.admin+"/debug/pprof/heap?gc=1", heap, 30*time.Second); err != nil {
+						cfg.Logf("heap profile %s: %v", heap, err)
+					} else {
+						sc.Profiles = append(sc.Profiles, heap)
+					}
+				}
 				cfg.Logf("[%s] %-9s profile %s", inst.Name, name, file)
 			}
 		}
@@ -659,6 +667,24 @@ func profileRun(ctx context.Context, kg *keygate, client *http.Client, url strin
 		return err
 	}
 	return os.WriteFile(file, g.data, 0o644)
+}
+
+// fetchTo saves the body of a GET of url in file.
+func fetchTo(url, file string, timeout time.Duration) error {
+	c := &http.Client{Timeout: timeout}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != 200 {
+		err = fmt.Errorf("status %d: %s", resp.StatusCode, tail(string(b), 300))
+	}
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, b, 0o644)
 }
 
 func freePorts(n int) ([]int, error) {
