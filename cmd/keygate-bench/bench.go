@@ -40,6 +40,7 @@ type Config struct {
 	Seed        uint64        // of the key pickers
 	IdleConns   int           // reverse_proxy keepalive_idle_conns_per_host for both sites (0: Caddy's default)
 	Flush       time.Duration // api_keys flush_interval (default 5s, the store's default)
+	KeygateLog  string        // when set: keygate's output is saved as <name>-<instance>.log
 	ProfileDir  string        // when set: admin on loopback and one extra profiled A,B pair per scenario
 	WorkDir     string        // temporary files (default: os.TempDir())
 	Keep        bool          // keep the temporary directory
@@ -268,7 +269,15 @@ func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, cli
 	if err != nil {
 		return err
 	}
-	defer kg.stop()
+	defer func() {
+		kg.stop()
+		if cfg.KeygateLog != "" {
+			name := strings.TrimSuffix(cfg.KeygateLog, ".log") + "-" + inst.Name + ".log"
+			if err := os.WriteFile(name, []byte(kg.output()), 0o644); err != nil {
+				cfg.Logf("keygate log: %v", err)
+			}
+		}
+	}()
 	inst.StartSeconds = time.Since(t0).Seconds()
 	inst.Caddyfile = kg.caddyfile
 	t0 = time.Now()

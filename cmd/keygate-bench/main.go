@@ -47,6 +47,7 @@ func main() {
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "seed of the key pickers")
 	flag.IntVar(&cfg.IdleConns, "upstream-idle-conns", 0, "keepalive_idle_conns_per_host of both reverse_proxy blocks (0: Caddy's default)")
 	flag.DurationVar(&cfg.Flush, "flush-interval", 5*time.Second, "api_keys flush_interval; after each B run the bench waits this long (plus until keygate is idle) so the usage flush B caused is charged to B")
+	flag.StringVar(&cfg.KeygateLog, "keygate-log", "", "save keygate's output (e.g. GODEBUG=gctrace=1 lines) as <name>-<instance>.log")
 	flag.StringVar(&cfg.ProfileDir, "profile", "", "directory: run keygate with admin on loopback and save a CPU profile of one extra A and B run per scenario")
 	flag.StringVar(&cfg.ImportProf, "import-cpuprofile", "", "write a CPU profile of the first key import to this file")
 	flag.StringVar(&cfg.WorkDir, "workdir", "", "parent of the temporary directory (default: the system's)")
