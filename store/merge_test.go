@@ -195,7 +195,7 @@ func TestLegacyStoreEmulatesMerge(t *testing.T) {
 	key, secret := mustKey(t, s, DefaultTenant, "alice", KeyInput{})
 	mustNil(t, s.Close())
 	// An earlier version wrote this key's usage as JSON.
-	db, err := pebble.Open(dir, &pebble.Options{})
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{nopLogger{}}})
 	mustNil(t, err)
 	mustNil(t, db.Set([]byte(pKeyUsage+key.ID), []byte(`{"totals":[5,0,0,0,0,0,0],"minutes":[]}`), pebble.Sync))
 	mustNil(t, db.Close())
@@ -221,9 +221,9 @@ func TestLegacyStoreEmulatesMerge(t *testing.T) {
 
 // legacyKV opens dir the way versions before merges did: Pebble's default
 // merger, recorded in the store's OPTIONS file.
-func legacyKV(t *testing.T, dir string) KV {
+func legacyKV(t testing.TB, dir string) KV {
 	t.Helper()
-	db, err := pebble.Open(dir, &pebble.Options{})
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{nopLogger{}}})
 	mustNil(t, err)
 	mustNil(t, db.Close())
 	kv, err := openPebble(dir, nil, nopLogger{}, 8<<20, mergeValues)
