@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -12,9 +13,19 @@ import (
 
 // limiterSet holds one token bucket per key (a group's rate_limit applies to
 // each of its keys). It lives in the shared state so buckets survive reloads.
+//
+// Buckets that are full again are dropped now and then (see sweep): a full
+// bucket behaves exactly like a new one, so this forgets nothing, and the
+// buckets of deleted or idle keys do not pile up.
 type limiterSet struct {
-	m sync.Map // key id → *keyLimiter
+	m        sync.Map     // key id → *keyLimiter
+	n        atomic.Int64 // buckets in m
+	sweepAt  atomic.Int64 // sweep when n reaches this (at least minSweep)
+	sweeping sync.Mutex
 }
+
+// minSweep buckets are kept without sweeping.
+const minSweep = 1024
 
 type keyLimiter struct {
 	limit store.RateLimit
@@ -34,9 +45,21 @@ type decision struct {
 func (ls *limiterSet) allow(keyID string, rl *store.RateLimit, now time.Time) decision {
 	v, ok := ls.m.Load(keyID)
 	kl, _ := v.(*keyLimiter)
-	if !ok || kl.limit != *rl {
-		// New key, or the group's limit was edited: start a fresh bucket.
-		kl = &keyLimiter{limit: *rl, lim: rate.NewLimiter(rate.Limit(rl.RequestsPerSecond), rl.Burst)}
+	switch {
+	case !ok:
+		kl = newKeyLimiter(rl)
+		if v, loaded := ls.m.LoadOrStore(keyID, kl); loaded {
+			kl = v.(*keyLimiter) // a concurrent request made it
+		} else if n := ls.n.Add(1); n >= max(ls.sweepAt.Load(), minSweep) {
+			ls.sweep(now)
+		}
+		if kl.limit != *rl {
+			kl = newKeyLimiter(rl)
+			ls.m.Store(keyID, kl)
+		}
+	case kl.limit != *rl:
+		// The group's limit was edited: start a fresh bucket.
+		kl = newKeyLimiter(rl)
 		ls.m.Store(keyID, kl)
 	}
 	d := decision{limit: rl.Burst, allowed: kl.lim.AllowN(now, 1)}
@@ -47,4 +70,28 @@ func (ls *limiterSet) allow(keyID string, rl *store.RateLimit, now time.Time) de
 		d.retryAfter = (1 - tokens) / rl.RequestsPerSecond
 	}
 	return d
+}
+
+func newKeyLimiter(rl *store.RateLimit) *keyLimiter {
+	return &keyLimiter{limit: *rl, lim: rate.NewLimiter(rate.Limit(rl.RequestsPerSecond), rl.Burst)}
+}
+
+// sweep drops the buckets that are full at now, then lets the set grow to
+// twice what is left before the next sweep, so sweeping costs O(1) per new
+// bucket. One request racing the drop of its key's full bucket may take its
+// token from the dropped bucket: at most one extra request, from a bucket
+// that had its whole burst available anyway.
+func (ls *limiterSet) sweep(now time.Time) {
+	if !ls.sweeping.TryLock() {
+		return // another request is sweeping
+	}
+	defer ls.sweeping.Unlock()
+	ls.m.Range(func(k, v any) bool {
+		kl := v.(*keyLimiter)
+		if kl.lim.TokensAt(now) >= float64(kl.limit.Burst) && ls.m.CompareAndDelete(k, kl) {
+			ls.n.Add(-1)
+		}
+		return true
+	})
+	ls.sweepAt.Store(2 * ls.n.Load())
 }
