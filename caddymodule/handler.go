@@ -180,10 +180,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Map(placeholdersOf(view))
 	if h.strip {
+		// Both names are canonical already: delete skips Del's re-canonicalizing.
 		if fromAuthorization {
-			r.Header.Del("Authorization")
+			delete(r.Header, "Authorization")
 		} else {
-			r.Header.Del(h.header)
+			delete(r.Header, h.header)
 		}
 	}
 	st.RecordUse(view, ip, store.OutcomeOK, now)

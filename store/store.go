@@ -373,7 +373,7 @@ func ristrettoConfig[V any](entries int64) *ristretto.Config[uint64, V] {
 	return &ristretto.Config[uint64, V]{
 		NumCounters:        entries * 10,
 		MaxCost:            entries,
-		BufferItems:        64,
+		BufferItems:        256,
 		IgnoreInternalCost: true,
 	}
 }

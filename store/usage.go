@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net/netip"
 	"sync"
 	"time"
@@ -53,6 +54,7 @@ type usageRecord struct {
 // never writes to the store. Sharded to keep lock contention low.
 type usageBuffer struct {
 	shards [64]usageShard
+	seed   maphash.Seed
 
 	// deleted holds keys deleted recently, with the flush count at the
 	// time: Flush writes usage blindly (Batch.Merge), so without this a use
@@ -65,6 +67,7 @@ type usageBuffer struct {
 type usageShard struct {
 	mu sync.Mutex
 	m  map[string]*usageDelta
+	_  [64 - 16]byte // one cache line each: both cores write shards on every request
 }
 
 type usageDelta struct {
@@ -76,7 +79,7 @@ type usageDelta struct {
 }
 
 func newUsageBuffer() *usageBuffer {
-	u := &usageBuffer{deleted: map[string]uint64{}}
+	u := &usageBuffer{deleted: map[string]uint64{}, seed: maphash.MakeSeed()}
 	for i := range u.shards {
 		u.shards[i].m = map[string]*usageDelta{}
 	}
@@ -84,11 +87,9 @@ func newUsageBuffer() *usageBuffer {
 }
 
 func (u *usageBuffer) shard(id string) *usageShard {
-	h := uint32(2166136261)
-	for i := 0; i < len(id); i++ {
-		h = (h ^ uint32(id[i])) * 16777619
-	}
-	return &u.shards[h%uint32(len(u.shards))]
+	// maphash is the runtime's AES-based string hash: a byte-at-a-time
+	// FNV loop over the id was most of RecordUse's cost.
+	return &u.shards[maphash.String(u.seed, id)%uint64(len(u.shards))]
 }
 
 // RecordUse counts a request of an identified key; an admitted one also
