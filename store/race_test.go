@@ -145,7 +145,8 @@ func TestStaleFillIgnored(t *testing.T) {
 	}
 	_, err = s.RevokeKey("op", DefaultTenant, key.ID) // the revoke commits and returns
 	mustNil(t, err)
-	s.vcache.pos.Set(h.cacheKey(), &posEntry{hash: h, gen: gen, view: view}, 1) // the stale fill lands
+	view.hash, view.gen = h, gen
+	s.vcache.pos.Set(h.cacheKey(), view, 1) // the stale fill lands
 	s.Wait()
 	if _, ok := s.vcache.pos.Get(h.cacheKey()); !ok {
 		t.Fatal("setup: the stale entry is not in the cache")
