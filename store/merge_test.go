@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -270,5 +271,54 @@ func TestDeletedKeysForgotten(t *testing.T) {
 	s.wmu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d deleted keys still remembered after three flushes", n)
+	}
+}
+
+// failingKV fails Apply while fail is set.
+type failingKV struct {
+	KV
+	fail atomic.Bool
+}
+
+func (k *failingKV) Apply(b *Batch, sync bool) error {
+	if k.fail.Load() {
+		return errors.New("disk full")
+	}
+	return k.KV.Apply(b, sync)
+}
+
+// A flush that fails keeps its counts for the next one.
+func TestFailedFlushKeepsUsage(t *testing.T) {
+	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
+	mustNil(t, err)
+	fkv := &failingKV{KV: kv}
+	clk := newClock()
+	s := memStore(t, clk, func(o *Options) { o.KV = fkv })
+	enable(t, s, DefaultTenant)
+	key, secret := mustKey(t, s, DefaultTenant, "alice", KeyInput{})
+	view, _, err := s.Verify(DefaultTenant, secret, clk.Now())
+	mustNil(t, err)
+	ip1, ip2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	s.RecordUse(view, ip1, OutcomeOK, clk.Now())
+	s.RecordUse(view, ip1, OutcomeForbidden, clk.Now())
+	fkv.fail.Store(true)
+	if err := s.Flush(); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("flush on a failing store: %v", err)
+	}
+	if err := s.Flush(); err == nil {
+		t.Fatal("second flush on a failing store succeeded")
+	}
+	clk.Advance(time.Minute)
+	s.RecordUse(view, ip2, OutcomeOK, clk.Now())
+	fkv.fail.Store(false)
+	mustNil(t, s.Flush())
+	rec, err := s.usageRecord(key.ID)
+	mustNil(t, err)
+	if rec == nil || rec.Totals[OutcomeOK] != 2 || rec.Totals[OutcomeForbidden] != 1 || len(rec.Minutes) != 2 ||
+		rec.LastUsedIP != ip2.String() {
+		t.Fatalf("usage after the store recovered: %+v", rec)
+	}
+	if evs := allEvents(t, s, DefaultTenant, EventQuery{Type: "key.requests_denied"}); len(evs) != 1 || evs[0].Detail["forbidden"] != float64(1) {
+		t.Fatalf("denied events after recovery: %d", len(evs))
 	}
 }

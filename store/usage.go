@@ -179,6 +179,26 @@ func (u *usageBuffer) take() map[string]*usageDelta {
 	return out
 }
 
+// restore puts back the deltas of a flush that failed, merged with what was
+// recorded since. Minutes beyond the usage window are dropped, so a store
+// that stays unwritable holds at most a day of counts per used key.
+func (u *usageBuffer) restore(deltas map[string]*usageDelta, now time.Time) {
+	for id, d := range deltas {
+		d.minutes = mergeMinutes(nil, d.minutes, now)
+		sh := u.shard(id)
+		sh.mu.Lock()
+		if cur := sh.m[id]; cur == nil {
+			sh.m[id] = d
+		} else {
+			cur.minutes = mergeMinutes(d.minutes, cur.minutes, now)
+			if d.used && (!cur.used || d.at.After(cur.at)) {
+				cur.used, cur.at, cur.ip = true, d.at, d.ip
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
 func (s *Store) flushLoop(every time.Duration) {
 	defer close(s.flushDone)
 	t := time.NewTicker(every)
@@ -233,7 +253,8 @@ func (s *Store) Flush() error {
 	}
 	start := time.Now()
 	if err := s.kv.Apply(&b, true); err != nil {
-		return fmt.Errorf("flush usage: %w", err)
+		s.usage.restore(deltas, now) // the next flush retries them
+		return fmt.Errorf("flush usage (kept for the next flush): %w", err)
 	}
 	s.flushObserved(time.Since(start))
 	return nil
