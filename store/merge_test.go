@@ -322,3 +322,22 @@ func TestFailedFlushKeepsUsage(t *testing.T) {
 		t.Fatalf("denied events after recovery: %d", len(evs))
 	}
 }
+
+// mergeUsage runs inside Pebble's compactions: whatever bytes it is given, it
+// must not panic, and what it returns must decode.
+func FuzzMergeUsage(f *testing.F) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 4 {
+		f.Add(encodeUsage(randUsage(r)), encodeUsage(randUsage(r)))
+	}
+	f.Add([]byte(nil), []byte{usageCodecV1})
+	f.Add([]byte(`{"totals":[1,2,3,4,5,6,7],"minutes":[{"m":5,"c":[1]}]}`), []byte{0xff, 0xff})
+	f.Add([]byte{usageCodecV1, 0x80, 0x80, 0x80}, []byte{usageCodecV1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, older, newer []byte) {
+		out := mergeUsage(older, newer)
+		var u usageRecord
+		if err := decodeUsage(out, &u); err != nil {
+			t.Fatalf("merge result does not decode: %v", err)
+		}
+	})
+}
