@@ -30,6 +30,9 @@ type KV interface {
 	Get(key []byte) ([]byte, error)
 	// Apply writes the batch atomically. With sync it is durable before
 	// Apply returns. Watchers are told the changed keys after the commit.
+	// Merge operations are combined with the stored value by the KV's
+	// MergeFunc; a backend without native merges (etcd) applies them
+	// read-modify-write inside the batch, as pebbleKV does for old stores.
 	Apply(b *Batch, sync bool) error
 	// Scan calls fn for each key with the prefix, in key order, starting at
 	// start (inclusive; nil means the beginning of the prefix), until fn
