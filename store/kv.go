@@ -107,13 +107,12 @@ const mergerName = "keygate.merge.v1"
 // nil for the OS filesystem; tests pass vfs.NewMem(). merge combines the
 // values of Batch.Merge writes.
 func openPebble(dir string, fs vfs.FS, logger Logger, blockCache int64, merge MergeFunc) (*pebbleKV, error) {
-	opts := &pebble.Options{Logger: pebbleLogger{logger}}
-	if fs != nil {
-		opts.FS = fs
+	if fs == nil {
+		fs = vfs.Default
 	}
-	opts.EnsureDefaults()
+	opts := &pebble.Options{Logger: pebbleLogger{logger}, FS: fs}
 	kv := &pebbleKV{merge: merge}
-	prev, err := storeMerger(dir, opts.FS)
+	prev, err := storeMerger(dir, fs)
 	if err != nil {
 		return nil, fmt.Errorf("open pebble at %s: %w", dir, err)
 	}

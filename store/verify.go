@@ -131,7 +131,12 @@ func newVerifyCache(entries, negEntries int64, ttl time.Duration) (*verifyCache,
 	if err != nil {
 		return nil, fmt.Errorf("verify cache: %w", err)
 	}
-	neg, err := ristretto.NewCache(ristrettoConfig[*negEntry](negEntries))
+	negCfg := ristrettoConfig[*negEntry](negEntries)
+	// The negative cache is small and flooded by garbage: its admission
+	// policy must learn of a repeated unknown secret quickly, so its access
+	// batches stay at ristretto's recommended 64.
+	negCfg.BufferItems = 64
+	neg, err := ristretto.NewCache(negCfg)
 	if err != nil {
 		pos.Close()
 		return nil, fmt.Errorf("negative cache: %w", err)
