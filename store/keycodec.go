@@ -249,14 +249,16 @@ func decodeKeyRecordJSON(b []byte, r *keyRecord) error {
 }
 
 // getKeyRecord reads the record stored under h; a missing one is
-// errKVNotFound, unwrapped.
+// errKVNotFound, unwrapped. Errors do not name the hash: the gateway logs
+// them, and hashes stay out of logs like secrets do (callers that know the
+// key id add it).
 func (s *Store) getKeyRecord(h SecretHash, r *keyRecord) error {
 	raw, err := s.kv.Get(hashKey(pKeyHash, h))
 	if err != nil {
 		return err
 	}
 	if err := decodeKeyRecord(raw, r); err != nil {
-		return fmt.Errorf("%s%x…: %w", pKeyHash, h[:8], err)
+		return fmt.Errorf("%s record: %w", pKeyHash, err)
 	}
 	return nil
 }
