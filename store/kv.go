@@ -104,8 +104,8 @@ type pebbleKV struct {
 const mergerName = "keygate.merge.v1"
 
 // openPebble opens (creating if needed) a Pebble database in dir. fs may be
-// nil for the OS filesystem; tests pass vfs.NewMem(). merge combines the
-// values of Batch.Merge writes.
+// nil for the OS filesystem; tests pass vfs.NewMem(). merge (not nil)
+// combines the values of Batch.Merge writes.
 func openPebble(dir string, fs vfs.FS, logger Logger, blockCache int64, merge MergeFunc) (*pebbleKV, error) {
 	if fs == nil {
 		fs = vfs.Default
@@ -238,15 +238,15 @@ func (p *pebbleKV) Apply(b *Batch, sync bool) error {
 	keys := make([][]byte, 0, len(b.ops))
 	for _, op := range b.ops {
 		var err error
-		switch {
-		case op.kind == opDelete:
+		switch op.kind {
+		case opDelete:
 			err = pb.Delete(op.key, nil)
-		case op.kind == opMerge && p.merge == nil:
-			err = errors.New("merge without a MergeFunc")
-		case op.kind == opMerge && p.emulateMerge:
-			err = p.emulatedMerge(pb, op.key, op.value)
-		case op.kind == opMerge:
-			err = pb.Merge(op.key, op.value, nil)
+		case opMerge:
+			if p.emulateMerge {
+				err = p.emulatedMerge(pb, op.key, op.value)
+			} else {
+				err = pb.Merge(op.key, op.value, nil)
+			}
 		default:
 			err = pb.Set(op.key, op.value, nil)
 		}

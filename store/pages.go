@@ -1,23 +1,6 @@
 package store
 
-import (
-	"encoding/json"
-	"errors"
-	"fmt"
-)
-
-// getRecord reads one JSON record; a missing one is a not-found error
-// naming what and id.
-func getRecord[T any](s *Store, key []byte, what, id string) (*T, error) {
-	v := new(T)
-	if err := s.getJSON(key, v); err != nil {
-		if errors.Is(err, errKVNotFound) {
-			return nil, notFound(what, id)
-		}
-		return nil, fmt.Errorf("read %s: %w", what, err)
-	}
-	return v, nil
-}
+import "encoding/json"
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 

@@ -295,14 +295,15 @@ func TestConcurrentCreateRespectsLimits(t *testing.T) {
 	}
 }
 
-// countingKV counts reads of key records.
+// countingKV counts reads of keys with prefix (every read when it is empty).
 type countingKV struct {
 	KV
-	reads atomic.Int64
+	prefix string
+	reads  atomic.Int64
 }
 
 func (k *countingKV) Get(key []byte) ([]byte, error) {
-	if bytes.HasPrefix(key, []byte(pKeyHash)) {
+	if bytes.HasPrefix(key, []byte(k.prefix)) {
 		k.reads.Add(1)
 	}
 	return k.KV.Get(key)
@@ -311,7 +312,7 @@ func (k *countingKV) Get(key []byte) ([]byte, error) {
 func TestVerifyStoreReads(t *testing.T) {
 	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
 	mustNil(t, err)
-	ckv := &countingKV{KV: kv}
+	ckv := &countingKV{KV: kv, prefix: pKeyHash}
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = ckv })
 	enable(t, s, DefaultTenant)

@@ -285,6 +285,19 @@ func (s *Store) getJSON(key []byte, v any) error {
 	return nil
 }
 
+// getRecord reads one JSON record; a missing one is a not-found error
+// naming what and id.
+func getRecord[T any](s *Store, key []byte, what, id string) (*T, error) {
+	v := new(T)
+	if err := s.getJSON(key, v); err != nil {
+		if errors.Is(err, errKVNotFound) {
+			return nil, notFound(what, id)
+		}
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	return v, nil
+}
+
 func mustJSON(v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
