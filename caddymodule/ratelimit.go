@@ -21,7 +21,8 @@ type limiterSet struct {
 	m        sync.Map     // key id → *keyLimiter
 	n        atomic.Int64 // buckets in m
 	sweepAt  atomic.Int64 // sweep when n reaches this (at least minSweep)
-	sweeping sync.Mutex
+	sweeping atomic.Bool
+	sweeps   sync.WaitGroup // background sweeps (tests wait for them)
 }
 
 // minSweep buckets are kept without sweeping.
@@ -44,20 +45,14 @@ type decision struct {
 // allow takes one token from the key's bucket at now.
 func (ls *limiterSet) allow(keyID string, rl *store.RateLimit, now time.Time) decision {
 	v, ok := ls.m.Load(keyID)
-	kl, _ := v.(*keyLimiter)
-	switch {
-	case !ok:
-		kl = newKeyLimiter(rl)
-		if v, loaded := ls.m.LoadOrStore(keyID, kl); loaded {
-			kl = v.(*keyLimiter) // a concurrent request made it
-		} else if n := ls.n.Add(1); n >= max(ls.sweepAt.Load(), minSweep) {
-			ls.sweep(now)
+	if !ok {
+		var loaded bool
+		if v, loaded = ls.m.LoadOrStore(keyID, newKeyLimiter(rl)); !loaded {
+			ls.added(now)
 		}
-		if kl.limit != *rl {
-			kl = newKeyLimiter(rl)
-			ls.m.Store(keyID, kl)
-		}
-	case kl.limit != *rl:
+	}
+	kl := v.(*keyLimiter)
+	if kl.limit != *rl {
 		// The group's limit was edited: start a fresh bucket.
 		kl = newKeyLimiter(rl)
 		ls.m.Store(keyID, kl)
@@ -76,16 +71,27 @@ func newKeyLimiter(rl *store.RateLimit) *keyLimiter {
 	return &keyLimiter{limit: *rl, lim: rate.NewLimiter(rate.Limit(rl.RequestsPerSecond), rl.Burst)}
 }
 
-// sweep drops the buckets that are full at now, then lets the set grow to
-// twice what is left before the next sweep, so sweeping costs O(1) per new
-// bucket. One request racing the drop of its key's full bucket may take its
-// token from the dropped bucket: at most one extra request, from a bucket
-// that had its whole burst available anyway.
-func (ls *limiterSet) sweep(now time.Time) {
-	if !ls.sweeping.TryLock() {
-		return // another request is sweeping
+// added counts a new bucket and, once the set has doubled since the last
+// sweep, sweeps in the background: no request waits for a pass over every
+// bucket, and the cost is O(1) per new bucket.
+func (ls *limiterSet) added(now time.Time) {
+	if ls.n.Add(1) < max(ls.sweepAt.Load(), minSweep) || !ls.sweeping.CompareAndSwap(false, true) {
+		return
 	}
-	defer ls.sweeping.Unlock()
+	ls.sweeps.Add(1)
+	go func() {
+		defer ls.sweeps.Done()
+		ls.sweep(now)
+		ls.sweeping.Store(false)
+	}()
+}
+
+// sweep drops the buckets that are full at now, then lets the set grow to
+// twice what is left before the next sweep. One request racing the drop of
+// its key's full bucket may take its token from the dropped bucket: at most
+// one extra request, from a bucket that had its whole burst available
+// anyway.
+func (ls *limiterSet) sweep(now time.Time) {
 	ls.m.Range(func(k, v any) bool {
 		kl := v.(*keyLimiter)
 		if kl.lim.TokensAt(now) >= float64(kl.limit.Burst) && ls.m.CompareAndDelete(k, kl) {

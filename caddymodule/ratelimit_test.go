@@ -25,15 +25,23 @@ func TestLimiterSetSweepsFullBuckets(t *testing.T) {
 	for i := range 3 * minSweep {
 		ls.allow("k"+strconv.Itoa(i), rl, now)
 	}
+	ls.sweeps.Wait()
 	if n := ls.n.Load(); n < minSweep {
 		t.Fatalf("%d buckets before they refilled", n)
 	}
+	// New buckets trigger a sweep (in the background, once the set has
+	// doubled since the last one), which drops the refilled old buckets.
 	later := now.Add(time.Second)
-	for i := range minSweep {
-		ls.allow("new"+strconv.Itoa(i), rl, later) // new buckets trigger a sweep
+	added := 0
+	for ; added < 4*3*minSweep && ls.n.Load() > int64(added)+2; added++ {
+		ls.allow("new"+strconv.Itoa(added), rl, later)
+		if added%256 == 0 {
+			ls.sweeps.Wait()
+		}
 	}
-	if n := ls.n.Load(); n > minSweep+2 {
-		t.Fatalf("%d buckets after the old ones refilled, want about %d", n, minSweep)
+	ls.sweeps.Wait()
+	if n := ls.n.Load(); n > int64(added)+2 {
+		t.Fatalf("%d buckets after the old ones refilled and %d new ones, want about %d", n, added, added)
 	}
 	count := 0
 	ls.m.Range(func(any, any) bool { count++; return true })
