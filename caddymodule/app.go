@@ -4,7 +4,6 @@
 package caddymodule
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -159,7 +158,6 @@ type shared struct {
 	mu    sync.Mutex
 	st    *store.Store
 	ready chan struct{} // closed once st is set
-	err   error
 
 	limiters limiterSet
 	outcomes outcomeCounters
@@ -174,8 +172,6 @@ func (s *shared) sameOptions(o store.Options) bool {
 	return a.BlockCache == b.BlockCache && a.CacheEntries == b.CacheEntries && a.NegativeEntries == b.NegativeEntries &&
 		a.NegativeTTL == b.NegativeTTL && a.FlushInterval == b.FlushInterval && string(a.Pepper) == string(b.Pepper)
 }
-
-var errNotOpen = errors.New("api key store is not open")
 
 // open opens the store once; later calls return it.
 func (s *shared) open() (*store.Store, error) {
