@@ -54,6 +54,12 @@ func errForbidden(format string, args ...any) error {
 	return &apiError{Status: http.StatusForbidden, Code: codeForbidden, Message: fmt.Sprintf(format, args...)}
 }
 
+// errGroupForbidden answers a developer who gives a key's group, on create
+// or edit (null included): groups are the tenant_admin's to assign.
+var errGroupForbidden = &apiError{Status: http.StatusForbidden, Code: codeForbidden,
+	Message: "developers cannot choose or change a key's group; their keys get the tenant's default_group",
+	Fields:  map[string]string{"group": "only a tenant_admin may set a key's group"}}
+
 func errNotFound(format string, args ...any) error {
 	return &apiError{Status: http.StatusNotFound, Code: codeNotFound, Message: fmt.Sprintf(format, args...)}
 }
