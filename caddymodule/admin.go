@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"sync"
 
@@ -80,7 +81,12 @@ func (a *AdminHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 			api.err = err
 			return
 		}
-		api.h = admin.New(st, admin.Config{OperatorTokens: a.tokens, Logger: zapLogger{}})
+		api.h = admin.New(st, admin.Config{
+			OperatorTokens: a.tokens,
+			Logger:         adminLogger{a.logger.Sugar()},
+			ClientIP:       adminClientIP,
+			OnAuthFailure:  a.shared.adminAuth.inc,
+		})
 	})
 	if api.h == nil {
 		a.logger.Error("api key store unavailable", zap.Error(api.err))
@@ -89,6 +95,29 @@ func (a *AdminHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 	api.h.ServeHTTP(w, r)
 	return nil
 }
+
+// adminClientIP is Caddy's client_ip (which honours trusted_proxies): the
+// address the admin API throttles failed authentications by. A request
+// that did not come through Caddy's server has none; its peer is used.
+func adminClientIP(r *http.Request) string {
+	if s, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); s != "" {
+		return s
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// adminLogger sends the admin API's log lines (storage errors, failed
+// authentications as warnings) to the handler's logger. The admin API is
+// rebuilt with each config, so holding this config's logger is right.
+type adminLogger struct{ l *zap.SugaredLogger }
+
+func (a adminLogger) Infof(format string, args ...any)  { a.l.Infof(format, args...) }
+func (a adminLogger) Warnf(format string, args ...any)  { a.l.Warnf(format, args...) }
+func (a adminLogger) Errorf(format string, args ...any) { a.l.Errorf(format, args...) }
 
 // Interface guards
 var (

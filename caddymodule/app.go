@@ -161,8 +161,9 @@ type shared struct {
 	ready chan struct{} // closed once st is set
 	err   error
 
-	limiters limiterSet
-	outcomes outcomeCounters
+	limiters  limiterSet
+	outcomes  outcomeCounters
+	adminAuth adminAuthCounters
 }
 
 func newShared(opts store.Options) *shared {
