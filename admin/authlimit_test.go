@@ -207,3 +207,34 @@ func TestTokenHint(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkThrottleWait is what every authenticated request pays for the
+// throttle: one lookup of its address.
+func BenchmarkThrottleWait(b *testing.B) {
+	th := newAuthThrottle(0, 0, 0)
+	now := time.Now()
+	for i := range 10_000 {
+		th.fail(fmt.Sprintf("10.0.%d.%d", i>>8&255, i&255), now)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if th.wait(throttleKey("192.0.2.1"), now) != 0 {
+			b.Fatal("throttled")
+		}
+	}
+}
+
+// BenchmarkThrottleFailManyClients: failures from ever new addresses with
+// the table full (the eviction path).
+func BenchmarkThrottleFailManyClients(b *testing.B) {
+	th := newAuthThrottle(0, 0, 0)
+	now := time.Now()
+	b.ResetTimer()
+	for i := range b.N {
+		th.fail(fmt.Sprintf("2001:db8:%x:%x::1", i>>16&0xffff, i&0xffff), now)
+		now = now.Add(time.Microsecond)
+	}
+	if th.size() > DefaultAuthFailureClients {
+		b.Fatalf("%d addresses", th.size())
+	}
+}
