@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -26,6 +27,12 @@ type AdminHandler struct {
 	// as {env.KEYGATE_OPERATOR_TOKEN} are expanded; a token that expands to
 	// the empty string is ignored (never "no token").
 	OperatorTokens []string `json:"operator_tokens,omitempty"`
+	// AuthFailureBurst is how many bad bearer tokens a client address
+	// (Caddy's client_ip) may present before it is slowed down; one more
+	// is allowed every AuthFailureInterval, and its requests in between
+	// answer 429 with Retry-After. Defaults: 10 and 1s.
+	AuthFailureBurst    int            `json:"auth_failure_burst,omitempty"`
+	AuthFailureInterval caddy.Duration `json:"auth_failure_interval,omitempty"`
 
 	shared *shared
 	tokens []string
@@ -54,6 +61,12 @@ func (a *AdminHandler) Provision(ctx caddy.Context) error {
 	appVal, err := ctx.App("api_keys")
 	if err != nil {
 		return fmt.Errorf("api_key_admin: %w", err)
+	}
+	if a.AuthFailureBurst < 0 || a.AuthFailureBurst > 1_000_000 {
+		return fmt.Errorf("api_key_admin: auth_failure_burst %d: give 1–1000000", a.AuthFailureBurst)
+	}
+	if d := time.Duration(a.AuthFailureInterval); d < 0 || d > time.Hour {
+		return fmt.Errorf("api_key_admin: auth_failure_interval %s: give a duration up to 1h", d)
 	}
 	a.shared = appVal.(*App).shared
 	a.logger = ctx.Logger()
@@ -86,6 +99,9 @@ func (a *AdminHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 			Logger:         adminLogger{a.logger.Sugar()},
 			ClientIP:       adminClientIP,
 			OnAuthFailure:  a.shared.adminAuth.inc,
+
+			AuthFailureBurst:    a.AuthFailureBurst,
+			AuthFailureInterval: time.Duration(a.AuthFailureInterval),
 		})
 	})
 	if api.h == nil {
