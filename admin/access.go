@@ -5,6 +5,8 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/keygate/keygate/store"
@@ -143,6 +145,9 @@ func (h *Handler) authenticate(r *http.Request) (*principal, error) {
 func (h *Handler) logAuthFailure(ip, token string, throttled bool) {
 	if h.log == nil {
 		return
+	}
+	if _, err := netip.ParseAddr(ip); err != nil { // not from Caddy: keep it one bounded line
+		ip = strconv.Quote(throttleKey(ip))
 	}
 	then := ""
 	if throttled {
