@@ -5,6 +5,8 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/keygate/keygate/store"
@@ -109,12 +111,58 @@ func digest(token string) [32]byte { return sha256.Sum256([]byte(token)) }
 
 // authenticate identifies the caller from "Authorization: Bearer <token>".
 // Gateway API keys (kg_…) are not admin tokens and are refused like any
-// other unknown token.
+// other unknown token. A refused token is logged (client address and token
+// hint) and counted against the client address; an address with too many
+// recent failures gets 429 before its token is looked at (authlimit.go).
+// A request without a token is a plain 401: it guesses nothing.
 func (h *Handler) authenticate(r *http.Request) (*principal, error) {
 	token, ok := bearerToken(r)
 	if !ok {
 		return nil, errUnauthorized("missing bearer token: send Authorization: Bearer <token>")
 	}
+	ip := h.clientIP(r)
+	client := throttleKey(ip)
+	now := h.now()
+	if wait := h.throttle.wait(client, now); wait > 0 {
+		if h.onAuthFails != nil {
+			h.onAuthFails(true)
+		}
+		return nil, errThrottled(wait)
+	}
+	p, err := h.checkToken(token)
+	if err != nil && store.KindOf(err) == store.KindUnauthorized {
+		throttled := h.throttle.fail(client, now)
+		h.logAuthFailure(ip, token, throttled)
+		if h.onAuthFails != nil {
+			h.onAuthFails(false)
+		}
+		return nil, errUnauthorized("invalid, revoked or expired token")
+	}
+	return p, err
+}
+
+// logAuthFailure logs a refused token: never the token, only its hint.
+func (h *Handler) logAuthFailure(ip, token string, throttled bool) {
+	if h.log == nil {
+		return
+	}
+	if _, err := netip.ParseAddr(ip); err != nil { // not from Caddy: keep it one bounded line
+		ip = strconv.Quote(throttleKey(ip))
+	}
+	then := ""
+	if throttled {
+		then = "; this address is now slowed down (429) after repeated failures"
+	}
+	format, args := "admin API: authentication failed from %s with token %s%s", []any{ip, tokenHint(token), then}
+	if w, ok := h.log.(interface{ Warnf(string, ...any) }); ok {
+		w.Warnf(format, args...)
+		return
+	}
+	h.log.Infof(format, args...)
+}
+
+// checkToken returns the principal of token, or a KindUnauthorized error.
+func (h *Handler) checkToken(token string) (*principal, error) {
 	d := digest(token)
 	isOperator := 0
 	for i := range h.operators {
@@ -127,7 +175,7 @@ func (h *Handler) authenticate(r *http.Request) (*principal, error) {
 	tok, user, err := h.st.AuthenticateToken(token)
 	if err != nil {
 		if store.KindOf(err) == store.KindUnauthorized {
-			return nil, errUnauthorized("invalid, revoked or expired token")
+			return nil, err
 		}
 		return nil, fmt.Errorf("authenticate token: %w", err)
 	}

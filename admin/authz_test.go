@@ -61,6 +61,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/v1/tenants/acme/keys", map[string]any{"name": "new key"}, allowed(made, made, made, nf, bad)},
 		// Naming an owner other than oneself needs tenant_admin.
 		{"POST", "/v1/tenants/acme/keys", map[string]any{"name": "new key", "owner": "dev"}, allowed(made, no, made, nf, made)},
+		// Developers never choose a key's group, not even null (issue #9 item 11).
+		{"POST", "/v1/tenants/acme/keys", map[string]any{"name": "new key", "group": "g1", "owner": "dev"}, allowed(no, no, made, nf, made)},
+		{"POST", "/v1/tenants/acme/keys", map[string]any{"name": "new key", "group": nil}, allowed(no, no, made, nf, bad)},
 		{"GET", "/v1/tenants/acme/keys", nil, allowed(ok, ok, ok, nf, ok)},
 		{"GET", "/v1/tenants/acme/keys?owner=dev", nil, allowed(ok, no, ok, nf, ok)},
 		{"DELETE", "/v1/tenants/acme/keys?owner=dev", nil, allowed(ok, no, ok, nf, ok)},
@@ -68,6 +71,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"POST", "/v1/tenants/acme/keys/revoke", map[string]any{"ids": []string{"{key}"}}, allowed(no, no, ok, nf, ok)},
 		{"GET", "/v1/tenants/acme/keys/{key}", nil, allowed(ok, nf, ok, nf, ok)},
 		{"PATCH", "/v1/tenants/acme/keys/{key}", map[string]any{"name": "renamed"}, allowed(ok, nf, ok, nf, ok)},
+		{"PATCH", "/v1/tenants/acme/keys/{key}", map[string]any{"description": "d", "ip_allowlist": []string{"10.0.0.0/8"}}, allowed(ok, nf, ok, nf, ok)},
+		{"PATCH", "/v1/tenants/acme/keys/{key}", map[string]any{"group": "g1"}, allowed(no, nf, ok, nf, ok)},
+		{"PATCH", "/v1/tenants/acme/keys/{key}", map[string]any{"group": nil}, allowed(no, nf, ok, nf, ok)},
 		{"DELETE", "/v1/tenants/acme/keys/{key}", nil, allowed(gone, nf, no, nf, gone)},
 		{"POST", "/v1/tenants/acme/keys/{key}/rotate", nil, allowed(ok, nf, ok, nf, ok)},
 		{"POST", "/v1/tenants/acme/keys/{key}/revoke", nil, allowed(ok, nf, ok, nf, ok)},
@@ -118,8 +124,15 @@ func TestAuthorizationMatrix(t *testing.T) {
 					}
 				}
 				if res.status == http.StatusForbidden {
-					if e := res.apiErr(t); e.Code != "forbidden" {
+					e := res.apiErr(t)
+					if e.Code != "forbidden" {
 						t.Errorf("%s: code %q, want forbidden", caller, e.Code)
+					}
+					// A developer refused for the group is told which field.
+					if m, ok := body.(map[string]any); ok && caller == developer {
+						if _, hasGroup := m["group"]; hasGroup && e.Fields["group"] == "" {
+							t.Errorf("%s: 403 does not name the group field: %+v", caller, e)
+						}
 					}
 				}
 			}

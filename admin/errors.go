@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/keygate/keygate/store"
 )
@@ -11,10 +12,11 @@ import (
 // apiError is an error answer decided by the admin layer itself (auth,
 // routing, decoding, authorization). Store errors are mapped in writeError.
 type apiError struct {
-	Status  int
-	Code    string
-	Message string
-	Fields  map[string]string
+	Status     int
+	Code       string
+	Message    string
+	Fields     map[string]string
+	RetryAfter time.Duration // sent as Retry-After when positive
 }
 
 func (e *apiError) Error() string { return e.Code + ": " + e.Message }
@@ -41,6 +43,7 @@ const (
 	codeMethodNotAllowed = "method_not_allowed"
 	codeTooLarge         = "request_too_large"
 	codeUnavailable      = "unavailable"
+	codeRateLimited      = "rate_limited"
 )
 
 // wwwAuthenticate is sent with every 401.
@@ -50,9 +53,22 @@ func errUnauthorized(msg string) error {
 	return &apiError{Status: http.StatusUnauthorized, Code: codeUnauthorized, Message: msg}
 }
 
+// errThrottled answers a client address with too many failed
+// authentications (authlimit.go).
+func errThrottled(wait time.Duration) error {
+	return &apiError{Status: http.StatusTooManyRequests, Code: codeRateLimited, RetryAfter: wait,
+		Message: "too many failed authentications from this address; retry later"}
+}
+
 func errForbidden(format string, args ...any) error {
 	return &apiError{Status: http.StatusForbidden, Code: codeForbidden, Message: fmt.Sprintf(format, args...)}
 }
+
+// errGroupForbidden answers a developer who gives a key's group, on create
+// or edit (null included): groups are the tenant_admin's to assign.
+var errGroupForbidden = &apiError{Status: http.StatusForbidden, Code: codeForbidden,
+	Message: "developers cannot choose or change a key's group; their keys get the tenant's default_group",
+	Fields:  map[string]string{"group": "only a tenant_admin may set a key's group"}}
 
 func errNotFound(format string, args ...any) error {
 	return &apiError{Status: http.StatusNotFound, Code: codeNotFound, Message: fmt.Sprintf(format, args...)}
@@ -117,6 +133,9 @@ func (h *Handler) writeError(w http.ResponseWriter, err error) {
 	ae := h.asAPIError(err)
 	if ae.Status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", wwwAuthenticate)
+	}
+	if ae.RetryAfter > 0 {
+		w.Header().Set("Retry-After", retryAfter(ae.RetryAfter))
 	}
 	writeJSON(w, ae.Status, errorBody{Error: errorDetail{Code: ae.Code, Message: ae.Message, Fields: ae.Fields}})
 }

@@ -25,8 +25,32 @@ type Config struct {
 	// own clock for every domain decision.
 	Now func() time.Time
 	// Logger, when set, receives internal (storage) errors, which the client
-	// only sees as 503 "unavailable". Nothing logged ever holds a secret.
+	// only sees as 503 "unavailable", and a line for each failed
+	// authentication (client address and a token hint: its first 4
+	// characters and its length). Nothing logged ever holds a secret. A
+	// Logger that also has Warnf(format string, args ...any) gets the
+	// failed authentications there.
 	Logger store.Logger
+
+	// ClientIP returns a request's client address, which the failed-
+	// authentication throttle counts by and its log lines name (default:
+	// the host of RemoteAddr). The Caddy handler passes Caddy's client_ip,
+	// which honours trusted_proxies.
+	ClientIP func(*http.Request) string
+	// AuthFailureBurst is how many bad tokens a client address may present
+	// before it is slowed down (default 10); after that one more is looked
+	// at every AuthFailureInterval (default 1s), and requests in between
+	// answer 429 with Retry-After without their token being checked.
+	AuthFailureBurst    int
+	AuthFailureInterval time.Duration
+	// AuthFailureClients bounds how many client addresses the throttle
+	// remembers (default 16384, about 2 MB).
+	AuthFailureClients int
+	// OnAuthFailure, when set, is called once for each refused token
+	// (throttled false) and each request refused with 429 because its
+	// address is throttled (throttled true): the Caddy module counts them
+	// in /metrics.
+	OnAuthFailure func(throttled bool)
 }
 
 // Handler serves the admin REST API. It is safe for concurrent use.
@@ -37,13 +61,22 @@ type Handler struct {
 	operators [][32]byte // SHA-256 digests of the operator tokens
 	mux       *http.ServeMux
 	patterns  []string // every registered "METHOD /path" (tests check each is covered)
+
+	clientIP    func(*http.Request) string
+	throttle    *authThrottle
+	onAuthFails func(throttled bool)
 }
 
 // New returns the admin API handler over st.
 func New(st *store.Store, cfg Config) *Handler {
-	h := &Handler{st: st, now: cfg.Now, log: cfg.Logger, mux: http.NewServeMux()}
+	h := &Handler{st: st, now: cfg.Now, log: cfg.Logger, mux: http.NewServeMux(),
+		clientIP: cfg.ClientIP, onAuthFails: cfg.OnAuthFailure,
+		throttle: newAuthThrottle(cfg.AuthFailureBurst, cfg.AuthFailureInterval, cfg.AuthFailureClients)}
 	if h.now == nil {
 		h.now = time.Now
+	}
+	if h.clientIP == nil {
+		h.clientIP = remoteIP
 	}
 	for _, tok := range cfg.OperatorTokens {
 		if tok != "" {

@@ -9,14 +9,15 @@ import (
 
 // keyCreate is the body of POST /v1/tenants/{t}/keys: store.KeyInput plus
 // an optional owner. Users own the keys they create; a tenant_admin (or the
-// operator, who must) may name another owner.
+// operator, who must) may name another owner. Only they may give a group:
+// a developer's keys get the tenant's default_group.
 type keyCreate struct {
-	Name        string     `json:"name"`
-	Description string     `json:"description"`
-	Group       string     `json:"group"`
-	ExpiresAt   *time.Time `json:"expires_at"`
-	IPAllowlist []string   `json:"ip_allowlist"`
-	Owner       string     `json:"owner"`
+	Name        string            `json:"name"`
+	Description string            `json:"description"`
+	Group       store.Opt[string] `json:"group"`
+	ExpiresAt   *time.Time        `json:"expires_at"`
+	IPAllowlist []string          `json:"ip_allowlist"`
+	Owner       string            `json:"owner"`
 }
 
 // keySecret is the answer of create and rotate: the only place a key's
@@ -81,8 +82,13 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request, p *principal
 	case !p.isAdminOf(tenant) && owner != p.user.ID:
 		return errForbidden("only a tenant_admin may create keys owned by someone else")
 	}
+	admin := p.isAdminOf(tenant)
+	if !admin && in.Group.Set {
+		return errGroupForbidden
+	}
 	key, secret, err := h.st.CreateKey(p.actor(), tenant, owner, store.KeyInput{
-		Name: in.Name, Description: in.Description, Group: in.Group, ExpiresAt: in.ExpiresAt, IPAllowlist: in.IPAllowlist,
+		Name: in.Name, Description: in.Description, Group: in.Group.Value, ExpiresAt: in.ExpiresAt, IPAllowlist: in.IPAllowlist,
+		DefaultGroup: !admin,
 	})
 	if err != nil {
 		return err
@@ -140,7 +146,8 @@ func (h *Handler) getKey(w http.ResponseWriter, r *http.Request, p *principal) e
 
 // updateKey answers PATCH /v1/tenants/{tenant}/keys/{key} (owner,
 // tenant_admin): name, description, group and ip_allowlist; expires_at is a
-// 400 (rotate instead).
+// 400 (rotate instead). A developer may not touch the group (403, also for
+// null): that would widen what its key may call.
 func (h *Handler) updateKey(w http.ResponseWriter, r *http.Request, p *principal) error {
 	tenant := r.PathValue("tenant")
 	key, err := h.visibleKey(p, tenant, r.PathValue("key"))
@@ -150,6 +157,9 @@ func (h *Handler) updateKey(w http.ResponseWriter, r *http.Request, p *principal
 	var patch store.KeyPatch
 	if err := decodeBody(w, r, &patch); err != nil {
 		return err
+	}
+	if patch.Group.Set && !p.isAdminOf(tenant) {
+		return errGroupForbidden
 	}
 	updated, err := h.st.UpdateKey(p.actor(), tenant, key.ID, patch)
 	if err != nil {

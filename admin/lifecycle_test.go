@@ -23,8 +23,10 @@ func TestKeyLifecycle(t *testing.T) {
 	fx := newFixture(t)
 	const keys = "/v1/tenants/acme/keys"
 
+	// Developers' keys get the tenant's default group.
+	fx.do(tenantAdmin, "PATCH", "/v1/tenants/acme/settings", map[string]any{"default_group": "g1"}).want(t, http.StatusOK)
 	res := fx.do(developer, "POST", keys, map[string]any{
-		"name": "billing", "description": "billing backend", "group": "g1", "ip_allowlist": []string{"10.0.0.0/8"},
+		"name": "billing", "description": "billing backend", "ip_allowlist": []string{"10.0.0.0/8"},
 	}).want(t, http.StatusCreated)
 	if cc := res.header.Get("Cache-Control"); cc != "no-store" {
 		t.Fatalf("Cache-Control %q on a secret", cc)
@@ -382,5 +384,147 @@ func TestExpiredTokenIsUnauthorized(t *testing.T) {
 	res := fx.doToken(created.Secret, "GET", "/v1/me", nil).want(t, http.StatusUnauthorized)
 	if res.header.Get("WWW-Authenticate") == "" || res.apiErr(t).Code != "unauthorized" {
 		t.Fatalf("expired token: %v %s", res.header, res.body)
+	}
+}
+
+// TestDeveloperGroup: a developer can neither choose nor change (nor clear)
+// a key's group, so it cannot widen what its key may call; its keys get the
+// tenant's default_group; a tenant_admin still sets groups, and the
+// key.updated event records the values before and after (issue #9 item 11).
+func TestDeveloperGroup(t *testing.T) {
+	fx := newFixture(t)
+	const keys = "/v1/tenants/acme/keys"
+	var settings store.Settings
+	fx.do(tenantAdmin, "GET", "/v1/tenants/acme/settings", nil).want(t, http.StatusOK).decode(t, &settings)
+	if settings.DefaultGroup != nil {
+		t.Fatalf("default_group %q", *settings.DefaultGroup)
+	}
+	// No default group: a developer's key has none.
+	var created keySecret
+	fx.do(developer, "POST", keys, map[string]any{"name": "plain"}).want(t, http.StatusCreated).decode(t, &created)
+	if created.Key.Group != "" {
+		t.Fatalf("group %q", created.Key.Group)
+	}
+	fx.do(tenantAdmin, "PATCH", "/v1/tenants/acme/settings", map[string]any{"default_group": "g1"}).want(t, http.StatusOK).decode(t, &settings)
+	if settings.DefaultGroup == nil || *settings.DefaultGroup != "g1" {
+		t.Fatalf("default_group %v", settings.DefaultGroup)
+	}
+	fx.do(developer, "POST", keys, map[string]any{"name": "grouped"}).want(t, http.StatusCreated).decode(t, &created)
+	if created.Key.Group != "g1" {
+		t.Fatalf("developer's key group %q, want the default g1", created.Key.Group)
+	}
+	// A tenant_admin creating a key without a group: unchanged, no group.
+	var adminKey keySecret
+	fx.do(tenantAdmin, "POST", keys, map[string]any{"name": "admin's"}).want(t, http.StatusCreated).decode(t, &adminKey)
+	if adminKey.Key.Group != "" {
+		t.Fatalf("admin's key group %q", adminKey.Key.Group)
+	}
+	// The developer tries to widen its key: refused, nothing changes.
+	for _, body := range []map[string]any{{"group": nil}, {"group": ""}, {"group": "g1"}, {"name": "renamed", "group": nil}} {
+		res := fx.do(developer, "PATCH", keys+"/"+created.Key.ID, body).want(t, http.StatusForbidden)
+		if e := res.apiErr(t); e.Fields["group"] == "" {
+			t.Fatalf("%v: 403 does not name group: %+v", body, e)
+		}
+	}
+	var got store.Key
+	fx.do(developer, "GET", keys+"/"+created.Key.ID, nil).want(t, http.StatusOK).decode(t, &got)
+	if got.Group != "g1" || got.Name != "grouped" {
+		t.Fatalf("key after refused edits %+v", got)
+	}
+	// What a developer may edit.
+	fx.do(developer, "PATCH", keys+"/"+created.Key.ID, map[string]any{"name": "renamed", "description": "d", "ip_allowlist": []string{"10.0.0.0/8"}}).
+		want(t, http.StatusOK)
+	// A tenant_admin may clear the group; the event has before and after.
+	fx.do(tenantAdmin, "PATCH", keys+"/"+created.Key.ID, map[string]any{"group": nil}).want(t, http.StatusOK).decode(t, &got)
+	if got.Group != "" {
+		t.Fatalf("group after admin cleared it: %q", got.Group)
+	}
+	var events eventList
+	fx.do(tenantAdmin, "GET", "/v1/tenants/acme/events?type=key.updated&key_id="+created.Key.ID, nil).want(t, http.StatusOK).decode(t, &events)
+	if len(events.Events) != 2 {
+		t.Fatalf("%d key.updated events", len(events.Events))
+	}
+	last := events.Events[1].Detail
+	if fmt.Sprint(last["fields"]) != "[group]" || fmt.Sprint(last["before"]) != "map[group:g1]" || fmt.Sprint(last["after"]) != "map[group:<nil>]" {
+		t.Fatalf("key.updated detail %v", last)
+	}
+	// The default group cannot be deleted; cleared, it can.
+	fx.do(tenantAdmin, "DELETE", "/v1/tenants/acme/groups/g1", nil).want(t, http.StatusConflict)
+	fx.do(tenantAdmin, "PATCH", "/v1/tenants/acme/settings", map[string]any{"default_group": nil}).want(t, http.StatusOK).decode(t, &settings)
+	if settings.DefaultGroup != nil {
+		t.Fatalf("default_group after null %v", *settings.DefaultGroup)
+	}
+	fx.do(tenantAdmin, "DELETE", "/v1/tenants/acme/groups/g1", nil).want(t, http.StatusNoContent)
+}
+
+// TestDeleteUserRevokesKeys: DELETE of a user revokes its tokens and its
+// active keys at once, and the events name them (issue #9 item 12).
+func TestDeleteUserRevokesKeys(t *testing.T) {
+	fx := newFixture(t)
+	if _, verdict, _ := fx.st.Verify("acme", fx.devSecret, time.Now()); verdict != store.VerdictValid {
+		t.Fatalf("before: %v", verdict)
+	}
+	fx.do(tenantAdmin, "DELETE", "/v1/tenants/acme/users/dev", nil).want(t, http.StatusNoContent)
+	if _, verdict, _ := fx.st.Verify("acme", fx.devSecret, time.Now()); verdict != store.VerdictRevoked {
+		t.Fatalf("key of a deleted user: %v", verdict)
+	}
+	fx.do(developer, "GET", "/v1/me", nil).want(t, http.StatusUnauthorized)
+	var key store.Key
+	fx.do(tenantAdmin, "GET", "/v1/tenants/acme/keys/"+fx.devKey.ID, nil).want(t, http.StatusOK).decode(t, &key)
+	if key.Status != "revoked" || key.RevokedBy == nil || *key.RevokedBy != "user:admin" {
+		t.Fatalf("key %+v", key)
+	}
+	var events eventList
+	fx.do(tenantAdmin, "GET", "/v1/tenants/acme/events?type=user.deleted", nil).want(t, http.StatusOK).decode(t, &events)
+	if len(events.Events) != 1 || fmt.Sprint(events.Events[0].Detail["keys_revoked"]) != fmt.Sprint([]any{fx.devKey.ID}) ||
+		fmt.Sprint(events.Events[0].Detail["tokens_revoked"]) != fmt.Sprint([]any{fx.devTokenID}) {
+		t.Fatalf("user.deleted %+v", events.Events)
+	}
+	fx.do(tenantAdmin, "GET", "/v1/tenants/acme/events?type=key.revoked&key_id="+fx.devKey.ID, nil).want(t, http.StatusOK).decode(t, &events)
+	if len(events.Events) != 1 || events.Events[0].Actor != "user:admin" {
+		t.Fatalf("key.revoked %+v", events.Events)
+	}
+}
+
+// TestRotateExpiredKeyOverHTTP: rotating an expired key is held to the
+// owner's max_keys_per_user (409 key_limit_reached) and to max_expiration,
+// and never answers with a silently null expiry (issue #9 item 4).
+func TestRotateExpiredKeyOverHTTP(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	st, err := store.Open(store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	fx := &fixture{t: t, st: st, h: New(st, Config{OperatorTokens: []string{testOperatorToken}, Now: clock})}
+	fx.tokens[operator] = testOperatorToken
+	const keys = "/v1/tenants/default/keys"
+	fx.do(operator, "PATCH", "/v1/tenants/default/settings", map[string]any{"api_keys_enabled": true, "max_keys_per_user": 2}).want(t, http.StatusOK)
+	var expired keySecret
+	fx.do(operator, "POST", keys, map[string]any{"name": "expiring", "owner": "alice", "expires_at": now.Add(time.Hour)}).
+		want(t, http.StatusCreated).decode(t, &expired)
+	mu.Lock()
+	now = now.Add(time.Hour)
+	mu.Unlock()
+	for i := range 2 {
+		fx.do(operator, "POST", keys, map[string]any{"name": fmt.Sprintf("active %d", i), "owner": "alice"}).want(t, http.StatusCreated)
+	}
+	if e := fx.do(operator, "POST", keys, map[string]any{"name": "third", "owner": "alice"}).want(t, http.StatusConflict).apiErr(t); e.Code != "key_limit_reached" {
+		t.Fatalf("third create: %+v", e)
+	}
+	rotate := keys + "/" + expired.Key.ID + "/rotate"
+	if e := fx.do(operator, "POST", rotate, map[string]any{"expires_at": now.Add(time.Hour)}).want(t, http.StatusConflict).apiErr(t); e.Code != "key_limit_reached" {
+		t.Fatalf("rotate at the limit: %+v", e)
+	}
+	if e := fx.do(operator, "POST", rotate, nil).want(t, http.StatusBadRequest).apiErr(t); e.Fields["expires_at"] == "" {
+		t.Fatalf("rotate without expires_at or max_expiration: %+v", e)
+	}
+	fx.do(operator, "PATCH", "/v1/tenants/default/settings", map[string]any{"max_keys_per_user": 3, "max_expiration": "720h"}).want(t, http.StatusOK)
+	var back keySecret
+	fx.do(operator, "POST", rotate, nil).want(t, http.StatusOK).decode(t, &back)
+	if back.Key.Status != "active" || back.Key.ExpiresAt == nil || !back.Key.ExpiresAt.Equal(now.Add(720*time.Hour)) {
+		t.Fatalf("reactivated key %+v", back.Key)
 	}
 }

@@ -59,9 +59,9 @@ func TestValidation(t *testing.T) {
 		{name: "description 1000", as: developer, method: "POST", path: keys, body: key(map[string]any{"description": strings.Repeat("ü", 1000)}), status: 201},
 		{name: "description 1001", as: developer, method: "POST", path: keys, body: key(map[string]any{"description": strings.Repeat("d", 1001)}), status: 400, code: "invalid", field: "description"},
 		// Group must exist in the tenant.
-		{name: "existing group", as: developer, method: "POST", path: keys, body: key(map[string]any{"group": "g1"}), status: 201},
-		{name: "unknown group", as: developer, method: "POST", path: keys, body: key(map[string]any{"group": "nope"}), status: 400, code: "invalid", field: "group"},
-		{name: "other tenant's group", as: developer, method: "POST", path: keys, body: key(map[string]any{"group": "og"}), status: 400, code: "invalid", field: "group",
+		{name: "existing group", as: tenantAdmin, method: "POST", path: keys, body: key(map[string]any{"group": "g1"}), status: 201},
+		{name: "unknown group", as: tenantAdmin, method: "POST", path: keys, body: key(map[string]any{"group": "nope"}), status: 400, code: "invalid", field: "group"},
+		{name: "other tenant's group", as: tenantAdmin, method: "POST", path: keys, body: key(map[string]any{"group": "og"}), status: 400, code: "invalid", field: "group",
 			setup: func(fx *fixture) {
 				fx.do(operator, "PUT", "/v1/tenants/other/groups/og", map[string]any{}).want(fx.t, 201)
 			}},
@@ -100,10 +100,21 @@ func TestValidation(t *testing.T) {
 		{name: "patch expires_at", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"expires_at": future}, status: 400, code: "invalid", field: "expires_at"},
 		{name: "patch name too short", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"name": "x"}, status: 400, code: "invalid", field: "name"},
 		{name: "patch name null", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"name": nil}, status: 400, code: "invalid", field: "name"},
-		{name: "patch unknown group", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"group": "nope"}, status: 400, code: "invalid", field: "group"},
+		{name: "patch unknown group", as: tenantAdmin, method: "PATCH", path: keys + "/{key}", body: map[string]any{"group": "nope"}, status: 400, code: "invalid", field: "group"},
 		{name: "patch bad cidr", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"ip_allowlist": []string{"1.2.3.4/40"}}, status: 400, code: "invalid", field: "ip_allowlist"},
 		{name: "patch unknown field", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"secret": "x"}, status: 400, code: "invalid", field: "secret"},
-		{name: "patch ok", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"name": "renamed", "group": "g1", "ip_allowlist": []string{"10.0.0.1"}}, status: 200},
+		{name: "patch ok", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"name": "renamed", "description": "d", "ip_allowlist": []string{"10.0.0.1"}}, status: 200},
+		{name: "patch group ok", as: tenantAdmin, method: "PATCH", path: keys + "/{key}", body: map[string]any{"name": "renamed", "group": "g1"}, status: 200},
+		{name: "developer group", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"group": "g1"}, status: 403, code: "forbidden", field: "group"},
+		{name: "developer group null", as: developer, method: "PATCH", path: keys + "/{key}", body: map[string]any{"group": nil}, status: 403, code: "forbidden", field: "group"},
+		{name: "developer create with group", as: developer, method: "POST", path: keys, body: key(map[string]any{"group": "g1"}), status: 403, code: "forbidden", field: "group"},
+		{name: "default_group unknown", as: tenantAdmin, method: "PATCH", path: "/v1/tenants/acme/settings", body: map[string]any{"default_group": "nope"}, status: 400, code: "invalid", field: "default_group"},
+		{name: "default_group a number", as: tenantAdmin, method: "PATCH", path: "/v1/tenants/acme/settings", body: map[string]any{"default_group": 1}, status: 400, code: "invalid", field: "default_group"},
+		{name: "default_group ok", as: tenantAdmin, method: "PATCH", path: "/v1/tenants/acme/settings", body: map[string]any{"default_group": "g1"}, status: 200},
+		{name: "default group deleted", as: tenantAdmin, method: "DELETE", path: "/v1/tenants/acme/groups/g1", status: 409, code: "conflict",
+			setup: func(fx *fixture) {
+				fx.do(tenantAdmin, "PATCH", "/v1/tenants/acme/settings", map[string]any{"default_group": "g1"}).want(fx.t, 200)
+			}},
 		// Rotate.
 		{name: "rotate negative grace", as: developer, method: "POST", path: keys + "/{key}/rotate", body: map[string]any{"grace_period": "-1h"}, status: 400, code: "invalid", field: "grace_period"},
 		{name: "rotate bad grace", as: developer, method: "POST", path: keys + "/{key}/rotate", body: map[string]any{"grace_period": "soon"}, status: 400, code: "invalid", field: "grace_period"},

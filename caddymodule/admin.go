@@ -3,8 +3,10 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -25,6 +27,12 @@ type AdminHandler struct {
 	// as {env.KEYGATE_OPERATOR_TOKEN} are expanded; a token that expands to
 	// the empty string is ignored (never "no token").
 	OperatorTokens []string `json:"operator_tokens,omitempty"`
+	// AuthFailureBurst is how many bad bearer tokens a client address
+	// (Caddy's client_ip) may present before it is slowed down; one more
+	// is allowed every AuthFailureInterval, and its requests in between
+	// answer 429 with Retry-After. Defaults: 10 and 1s.
+	AuthFailureBurst    int            `json:"auth_failure_burst,omitempty"`
+	AuthFailureInterval caddy.Duration `json:"auth_failure_interval,omitempty"`
 
 	shared *shared
 	tokens []string
@@ -54,6 +62,12 @@ func (a *AdminHandler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("api_key_admin: %w", err)
 	}
+	if a.AuthFailureBurst < 0 || a.AuthFailureBurst > 1_000_000 {
+		return fmt.Errorf("api_key_admin: auth_failure_burst %d: give 1–1000000", a.AuthFailureBurst)
+	}
+	if d := time.Duration(a.AuthFailureInterval); d < 0 || d > time.Hour {
+		return fmt.Errorf("api_key_admin: auth_failure_interval %s: give a duration up to 1h", d)
+	}
 	a.shared = appVal.(*App).shared
 	a.logger = ctx.Logger()
 	a.api = new(lazyAPI)
@@ -80,7 +94,15 @@ func (a *AdminHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 			api.err = err
 			return
 		}
-		api.h = admin.New(st, admin.Config{OperatorTokens: a.tokens, Logger: zapLogger{}})
+		api.h = admin.New(st, admin.Config{
+			OperatorTokens: a.tokens,
+			Logger:         adminLogger{a.logger.Sugar()},
+			ClientIP:       adminClientIP,
+			OnAuthFailure:  a.shared.adminAuth.inc,
+
+			AuthFailureBurst:    a.AuthFailureBurst,
+			AuthFailureInterval: time.Duration(a.AuthFailureInterval),
+		})
 	})
 	if api.h == nil {
 		a.logger.Error("api key store unavailable", zap.Error(api.err))
@@ -89,6 +111,29 @@ func (a *AdminHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 	api.h.ServeHTTP(w, r)
 	return nil
 }
+
+// adminClientIP is Caddy's client_ip (which honours trusted_proxies): the
+// address the admin API throttles failed authentications by. A request
+// that did not come through Caddy's server has none; its peer is used.
+func adminClientIP(r *http.Request) string {
+	if s, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); s != "" {
+		return s
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// adminLogger sends the admin API's log lines (storage errors, failed
+// authentications as warnings) to the handler's logger. The admin API is
+// rebuilt with each config, so holding this config's logger is right.
+type adminLogger struct{ l *zap.SugaredLogger }
+
+func (a adminLogger) Infof(format string, args ...any)  { a.l.Infof(format, args...) }
+func (a adminLogger) Warnf(format string, args ...any)  { a.l.Warnf(format, args...) }
+func (a adminLogger) Errorf(format string, args ...any) { a.l.Errorf(format, args...) }
 
 // Interface guards
 var (

@@ -92,13 +92,67 @@ http://127.0.0.1:%[3]d {
 		t.Fatalf("gateway key as admin token: %d", code)
 	}
 
+	// Deleting a user revokes its keys: the gateway rejects them at once
+	// (issue #9 item 12).
+	if code, _ := call("PUT", "/v1/tenants/default/users/dora", op, `{"roles": ["developer"]}`); code != 201 {
+		t.Fatalf("put user: %d", code)
+	}
+	code, tok := call("POST", "/v1/tenants/default/users/dora/tokens", op, `{"name": "laptop"}`)
+	if code != 201 {
+		t.Fatalf("token: %d", code)
+	}
+	doraToken := tok["secret"].(string)
+	code, created = call("POST", "/v1/tenants/default/keys", doraToken, `{"name": "dora's key"}`)
+	if code != 201 {
+		t.Fatalf("dora's key: %d %v", code, created)
+	}
+	doraKey := created["secret"].(string)
+	if r := get(t, gwURL, map[string]string{"X-API-Key": doraKey}); r.status != 200 {
+		t.Fatalf("dora's key: %d %s", r.status, r.body)
+	}
+	if code, _ := call("DELETE", "/v1/tenants/default/users/dora", op, ""); code != 204 {
+		t.Fatalf("delete user: %d", code)
+	}
+	if r := get(t, gwURL, map[string]string{"X-API-Key": doraKey}); r.status != 401 || r.code() != "key_revoked" {
+		t.Fatalf("key of a deleted user: %d %s", r.status, r.body)
+	}
+
+	// Failed authentications are counted, and the address is slowed down
+	// after the default burst of 10 (one so far: the gateway key above).
+	// A spoofed X-Forwarded-For from this untrusted peer changes nothing.
+	for i := range 9 {
+		req, _ := http.NewRequest("GET", api+"/v1/me", nil)
+		req.Header.Set("Authorization", "Bearer kga_wrong-token-"+fmt.Sprint(i))
+		req.Header.Set("X-Forwarded-For", fmt.Sprintf("192.0.2.%d", i))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Fatalf("bad token %d: %d", i, resp.StatusCode)
+		}
+	}
+	req, _ := http.NewRequest("GET", api+"/v1/me", nil)
+	req.Header.Set("Authorization", "Bearer "+op)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("throttled address: %d Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+
 	m := get(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", caddyAdmin), nil)
 	for _, want := range []string{
-		`keygate_requests_total{outcome="ok"} 1`,
-		`keygate_requests_total{outcome="key_revoked"} 1`,
+		`keygate_requests_total{outcome="ok"} 2`,
+		`keygate_requests_total{outcome="key_revoked"} 2`,
 		`keygate_requests_total{outcome="missing_key"} 1`,
 		`keygate_cache_hits_total`,
 		`keygate_usage_flushes_total`,
+		"keygate_admin_auth_failures_total 10\n",
+		"keygate_admin_auth_throttled_total 1\n",
 	} {
 		if !strings.Contains(string(m.body), want) {
 			t.Errorf("/metrics lacks %q", want)

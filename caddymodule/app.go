@@ -159,8 +159,9 @@ type shared struct {
 	st    *store.Store
 	ready chan struct{} // closed once st is set
 
-	limiters limiterSet
-	outcomes outcomeCounters
+	limiters  limiterSet
+	outcomes  outcomeCounters
+	adminAuth adminAuthCounters
 }
 
 func newShared(opts store.Options) *shared {

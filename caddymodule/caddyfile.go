@@ -170,6 +170,7 @@ func parseAdmin(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //
 //	api_key_admin [<matcher>] {
 //	    operator_token <token>   # repeatable; placeholders such as {env.X} work
+//	    auth_failures <burst> <interval>   # default 10 1s: bad tokens per client address before 429
 //	}
 func (a *AdminHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -186,6 +187,20 @@ func (a *AdminHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "auth_failures":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 {
+				return d.Errf("auth_failures: burst %q is not a positive integer", args[0])
+			}
+			iv, err := caddy.ParseDuration(args[1])
+			if err != nil || iv <= 0 {
+				return d.Errf("auth_failures: interval %q is not a positive duration", args[1])
+			}
+			a.AuthFailureBurst, a.AuthFailureInterval = n, caddy.Duration(iv)
 		default:
 			return d.Errf("unknown api_key_admin option %q", d.Val())
 		}

@@ -51,6 +51,27 @@ func (c *outcomeCounters) load(o outcome) uint64 {
 	return sum
 }
 
+// adminAuthCounters count the admin API's refused bearer tokens and the
+// requests it throttled for them (admin.Config.OnAuthFailure).
+type adminAuthCounters struct {
+	failures, throttled atomic.Uint64
+}
+
+func (c *adminAuthCounters) inc(throttled bool) {
+	if throttled {
+		c.throttled.Add(1)
+	} else {
+		c.failures.Add(1)
+	}
+}
+
+var (
+	descAdminAuthFailures = prometheus.NewDesc("keygate_admin_auth_failures_total",
+		"Admin API requests refused for a bad bearer token.", nil, nil)
+	descAdminAuthThrottled = prometheus.NewDesc("keygate_admin_auth_throttled_total",
+		"Admin API requests answered 429 because their client address had too many failed authentications.", nil, nil)
+)
+
 var (
 	descRequests = prometheus.NewDesc("keygate_requests_total",
 		"Gateway requests by outcome.", []string{"outcome"}, nil)
@@ -74,12 +95,16 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descCacheMisses
 	ch <- descFlushes
 	ch <- descFlushSeconds
+	ch <- descAdminAuthFailures
+	ch <- descAdminAuthThrottled
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for o := range numOutcomes {
 		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.s.outcomes.load(o)), outcomeCodes[o])
 	}
+	ch <- prometheus.MustNewConstMetric(descAdminAuthFailures, prometheus.CounterValue, float64(c.s.adminAuth.failures.Load()))
+	ch <- prometheus.MustNewConstMetric(descAdminAuthThrottled, prometheus.CounterValue, float64(c.s.adminAuth.throttled.Load()))
 	st, err := c.s.store()
 	if err != nil {
 		return

@@ -77,15 +77,21 @@ func (s *Store) PutGroup(actor, tenant, name string, in GroupInput) (*Group, err
 		g.Rules = []Rule{}
 	}
 	typ := "group.created"
+	detail := map[string]any{"group": name}
 	if old, err := s.GetGroup(tenant, name); err == nil {
 		g.CreatedAt = old.CreatedAt
 		typ = "group.updated"
+		var ch changes
+		ch.add("description", old.Description, g.Description)
+		ch.add("rules", old.Rules, g.Rules)
+		ch.add("rate_limit", old.RateLimit, g.RateLimit)
+		detail = ch.detail(detail)
 	} else if KindOf(err) != KindNotFound {
 		return nil, err
 	}
 	var b Batch
 	b.Set(k(pGroup+tenant, name), mustJSON(g))
-	s.event(&b, now, tenant, typ, actor, "", map[string]any{"group": name})
+	s.event(&b, now, tenant, typ, actor, "", detail)
 	if err := s.apply(&b); err != nil {
 		return nil, err
 	}
@@ -134,6 +140,13 @@ func (s *Store) DeleteGroup(actor, tenant, name string) error {
 	defer s.wmu.Unlock()
 	if _, err := s.GetGroup(tenant, name); err != nil {
 		return err
+	}
+	st, err := s.settingsOf(tenant)
+	if err != nil {
+		return err
+	}
+	if st.DefaultGroup != nil && *st.DefaultGroup == name {
+		return conflict("group %q is the tenant's default_group; change default_group first", name)
 	}
 	inUse := 0
 	if err := s.scanTenantKeys(tenant, func(r *keyRecord) bool {

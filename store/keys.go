@@ -22,6 +22,10 @@ type KeyInput struct {
 	Group       string     `json:"group"`
 	ExpiresAt   *time.Time `json:"expires_at"`
 	IPAllowlist []string   `json:"ip_allowlist"`
+	// DefaultGroup, when set, ignores Group and gives the key the tenant's
+	// default_group setting (no group when it is null). The admin API sets
+	// it for developers, who never choose a key's group.
+	DefaultGroup bool `json:"-"`
 }
 
 // KeyPatch edits a key's metadata. ExpiresAt is only here to be refused by
@@ -98,6 +102,11 @@ func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 	st := &trec.Settings
 	if !st.APIKeysEnabled {
 		return nil, "", &Error{Kind: KindDisabled, Code: "api_keys_disabled", Message: fmt.Sprintf("API keys are disabled for tenant %q", tenant)}
+	}
+	if in.DefaultGroup {
+		// Read under the write lock: DeleteGroup refuses to delete the
+		// default group, so it exists.
+		in.Group = strOrEmpty(st.DefaultGroup)
 	}
 	now := s.now().UTC()
 	f := fieldErrors{}
@@ -421,22 +430,22 @@ func (s *Store) UpdateKey(actor, tenant, id string, p KeyPatch) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	var changed []string
+	var ch changes
 	if p.Name.Set {
+		ch.add("name", rec.Name, p.Name.Value)
 		rec.Name = p.Name.Value
-		changed = append(changed, "name")
 	}
 	if p.Description.Set {
+		ch.add("description", rec.Description, p.Description.Value)
 		rec.Description = p.Description.Value
-		changed = append(changed, "description")
 	}
 	if p.Group.Set {
+		ch.add("group", optString(rec.Group), optString(p.Group.Value))
 		rec.Group = p.Group.Value
-		changed = append(changed, "group")
 	}
 	if p.IPAllowlist.Set {
+		ch.add("ip_allowlist", allowlistOf(rec.IPAllowlist), allowlistOf(allow))
 		rec.IPAllowlist = allow
-		changed = append(changed, "ip_allowlist")
 	}
 	now := s.now().UTC()
 	rec.UpdatedAt = now
@@ -451,16 +460,31 @@ func (s *Store) UpdateKey(actor, tenant, id string, p KeyPatch) (*Key, error) {
 			b.Set(hashKey(pKeyHash, *rec.PrevHash), encodeKeyRecord(&grace))
 		}
 	}
-	s.event(&b, now, tenant, "key.updated", actor, id, map[string]any{"fields": changed})
+	s.event(&b, now, tenant, "key.updated", actor, id, ch.detail(nil))
 	if err := s.apply(&b); err != nil {
 		return nil, err
 	}
 	return s.keyView(rec, st, now, nil), nil
 }
 
+// allowlistOf is an allowlist as the API shows it: never null.
+func allowlistOf(l []string) []string {
+	if l == nil {
+		return []string{}
+	}
+	return l
+}
+
 // RotateKey gives the key a new secret; the old one stops working at once,
-// or after in.GracePeriod. Without expires_at the old expiry is kept, unless
-// it has passed, when the tenant default applies.
+// or after in.GracePeriod. Without expires_at an active key keeps its
+// expiry (limits changed since affect new keys only).
+//
+// An expired key comes back to life by rotating, so it is held to what
+// creating a key would be: its owner must have room under
+// max_keys_per_user (409 key_limit_reached otherwise), and its new expiry
+// obeys max_expiration. Without expires_at it gets now + max_expiration;
+// when the tenant has no max_expiration, expires_at is required (an
+// expiring key never silently becomes one that never expires).
 func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, string, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -481,15 +505,35 @@ func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 			f.add("grace_period", fmt.Sprintf("must be from 0s to %s", MaxGracePeriod))
 		}
 	}
-	exp := rec.ExpiresAt
-	if in.ExpiresAt != nil || exp != nil && !exp.After(now) {
+	expired := rec.ExpiresAt != nil && !now.Before(*rec.ExpiresAt)
+	prevExp, exp := rec.ExpiresAt, rec.ExpiresAt
+	switch {
+	case in.ExpiresAt != nil:
 		exp = s.checkExpiry(f, "expires_at", in.ExpiresAt, st, now)
+	case expired && st.MaxExpiration == nil:
+		f.add("expires_at", "required: the key has expired and the tenant has no max_expiration to default to")
+	case expired:
+		exp = s.checkExpiry(f, "expires_at", nil, st, now) // now + max_expiration
 	}
 	if err := f.err(); err != nil {
 		return nil, "", err
 	}
 	if rec.RevokedAt != nil {
 		return nil, "", conflict("key %q is revoked; a revoked key cannot be rotated", id)
+	}
+	if expired {
+		// The key becomes active again: it needs room among its owner's
+		// active keys, as a new key would (this key, expired, is not one
+		// of them). s.wmu keeps a concurrent create or rotation out.
+		active, err := s.countActiveOwnerKeys(tenant, rec.Owner, now)
+		if err != nil {
+			return nil, "", err
+		}
+		if active >= st.MaxKeysPerUser {
+			return nil, "", &Error{Kind: KindLimit, Code: "key_limit_reached", Message: fmt.Sprintf(
+				"key %q has expired and %q already has %d active keys (max_keys_per_user is %d): rotating it would exceed the limit",
+				id, rec.Owner, active, st.MaxKeysPerUser)}
+		}
 	}
 	secret := NewSecret(KeyPrefix)
 	h := s.hasher.hash(secret)
@@ -512,15 +556,19 @@ func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 	rec.Hint = Hint(secret)
 	rec.UpdatedAt = now
 	s.putKey(&b, rec, h)
-	s.event(&b, now, tenant, "key.rotated", actor, id, map[string]any{"grace_period": Duration(grace), "expires_at": exp})
+	s.event(&b, now, tenant, "key.rotated", actor, id, map[string]any{
+		"grace_period": Duration(grace), "expires_at": exp, "previous_expires_at": prevExp, "reactivated": expired})
 	if err := s.apply(&b); err != nil {
 		return nil, "", err
 	}
 	return s.keyView(rec, st, now, nil), secret, nil
 }
 
-// revokeInto adds the revocation of rec to b. Only active keys can be revoked.
-func (s *Store) revokeInto(b *Batch, rec *keyRecord, h SecretHash, actor string, now time.Time) error {
+// revokeInto adds the revocation of rec, and its key.revoked event with
+// detail (may be nil), to b. Only active keys can be revoked. Writing the
+// record under its hash is what invalidates the verification cache
+// (onChange), so every revocation goes through here.
+func (s *Store) revokeInto(b *Batch, rec *keyRecord, h SecretHash, actor string, now time.Time, detail map[string]any) error {
 	if rec.RevokedAt != nil {
 		return conflict("key %q is already revoked", rec.ID)
 	}
@@ -533,7 +581,7 @@ func (s *Store) revokeInto(b *Batch, rec *keyRecord, h SecretHash, actor string,
 		rec.PrevHash, rec.PrevUntil = nil, nil
 	}
 	b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
-	s.event(b, now, rec.Tenant, "key.revoked", actor, rec.ID, nil)
+	s.event(b, now, rec.Tenant, "key.revoked", actor, rec.ID, detail)
 	return nil
 }
 
@@ -552,7 +600,7 @@ func (s *Store) RevokeKey(actor, tenant, id string) (*Key, error) {
 	}
 	now := s.now().UTC()
 	var b Batch
-	if err := s.revokeInto(&b, rec, h, actor, now); err != nil {
+	if err := s.revokeInto(&b, rec, h, actor, now, nil); err != nil {
 		return nil, err
 	}
 	if err := s.apply(&b); err != nil {
@@ -591,7 +639,7 @@ func (s *Store) RevokeKeys(actor, tenant string, ids []string) ([]RevokeResult, 
 			var rec *keyRecord
 			var h SecretHash
 			if rec, h, err = s.loadKey(tenant, id); err == nil {
-				err = s.revokeInto(&b, rec, h, actor, now)
+				err = s.revokeInto(&b, rec, h, actor, now, nil)
 			}
 		}
 		if err != nil {

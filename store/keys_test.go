@@ -2,9 +2,12 @@ package store
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -350,7 +353,8 @@ func TestRotateGraceNeverOutlivesExpiry(t *testing.T) {
 	if v := verdict(t, s, DefaultTenant, old2, clk.Now()); v != VerdictExpired {
 		t.Fatalf("expired key: %s", vname(v))
 	}
-	_, fresh2, err := s.RotateKey("op", DefaultTenant, key2.ID, RotateInput{GracePeriod: dur(time.Hour)})
+	newExp := clk.Now().Add(24 * time.Hour)
+	_, fresh2, err := s.RotateKey("op", DefaultTenant, key2.ID, RotateInput{GracePeriod: dur(time.Hour), ExpiresAt: &newExp})
 	mustNil(t, err)
 	if v := verdict(t, s, DefaultTenant, old2, clk.Now()); v == VerdictValid {
 		t.Fatal("rotation revived an expired secret")
@@ -358,8 +362,138 @@ func TestRotateGraceNeverOutlivesExpiry(t *testing.T) {
 	if v := verdict(t, s, DefaultTenant, fresh2, clk.Now()); v != VerdictValid {
 		t.Fatalf("new secret of a rotated expired key: %s", vname(v))
 	}
-	if k, _ := s.GetKey(DefaultTenant, key2.ID); k.Status != StatusActive || k.ExpiresAt != nil {
-		t.Fatalf("rotated expired key without max_expiration: %+v", k)
+	if k, _ := s.GetKey(DefaultTenant, key2.ID); k.Status != StatusActive || k.ExpiresAt == nil || !k.ExpiresAt.Equal(newExp) {
+		t.Fatalf("rotated expired key: %+v", k)
+	}
+}
+
+// TestRotateExpiredKey: rotating brings an expired key back to active, so
+// it is held to the owner's max_keys_per_user and to max_expiration, and
+// never silently loses its expiry (issue #9 item 4).
+func TestRotateExpiredKey(t *testing.T) {
+	clk := newClock()
+	s := memStore(t, clk)
+	enable(t, s, DefaultTenant)
+	_, err := s.UpdateSettings("op", DefaultTenant, SettingsPatch{MaxKeysPerUser: Some(2)})
+	mustNil(t, err)
+	now := clk.Now()
+	expired, _ := mustKey(t, s, DefaultTenant, "alice", KeyInput{Name: "expired", ExpiresAt: ptr(now.Add(time.Minute))})
+	clk.Advance(time.Minute)
+	a1, _ := mustKey(t, s, DefaultTenant, "alice", KeyInput{Name: "active 1"})
+	mustKey(t, s, DefaultTenant, "alice", KeyInput{Name: "active 2"})
+	_, _, err = s.CreateKey("op", DefaultTenant, "alice", KeyInput{Name: "third"})
+	wantErr(t, err, KindLimit, "key_limit_reached")
+
+	// At the limit: rotating the expired key is refused like a create,
+	// with or without expires_at, and writes nothing.
+	for _, in := range []RotateInput{{}, {ExpiresAt: ptr(clk.Now().Add(time.Hour))}} {
+		_, sec, err := s.RotateKey("op", DefaultTenant, expired.ID, in)
+		if in.ExpiresAt == nil {
+			wantFields(t, err, "expires_at") // no max_expiration to default to
+			continue
+		}
+		e := wantErr(t, err, KindLimit, "key_limit_reached")
+		if sec != "" || !strings.Contains(e.Message, "2") {
+			t.Fatalf("refused rotation: secret %q, message %q", sec, e.Message)
+		}
+	}
+	if k, _ := s.GetKey(DefaultTenant, expired.ID); k.Status != StatusExpired {
+		t.Fatalf("after refused rotations: %s", k.Status)
+	}
+	if evs := allEvents(t, s, DefaultTenant, EventQuery{Type: "key.rotated"}); len(evs) != 0 {
+		t.Fatalf("refused rotations wrote %d events", len(evs))
+	}
+	// Active keys rotate freely at the limit and keep their expiry.
+	rot, _, err := s.RotateKey("op", DefaultTenant, a1.ID, RotateInput{})
+	mustNil(t, err)
+	if rot.Status != StatusActive || rot.ExpiresAt != nil {
+		t.Fatalf("rotated active key %+v", rot)
+	}
+
+	// With room: without expires_at and without max_expiration the expired
+	// key is refused (never silently null); with one it comes back.
+	_, err = s.RevokeKey("op", DefaultTenant, a1.ID)
+	mustNil(t, err)
+	_, _, err = s.RotateKey("op", DefaultTenant, expired.ID, RotateInput{})
+	wantFields(t, err, "expires_at")
+	_, _, err = s.RotateKey("op", DefaultTenant, expired.ID, RotateInput{ExpiresAt: ptr(clk.Now().Add(-time.Second))})
+	wantFields(t, err, "expires_at")
+	back, sec, err := s.RotateKey("op", DefaultTenant, expired.ID, RotateInput{ExpiresAt: ptr(clk.Now().Add(48 * time.Hour))})
+	mustNil(t, err)
+	if back.Status != StatusActive || back.ExpiresAt == nil || !back.ExpiresAt.Equal(clk.Now().Add(48*time.Hour)) {
+		t.Fatalf("reactivated %+v", back)
+	}
+	if v := verdict(t, s, DefaultTenant, sec, clk.Now()); v != VerdictValid {
+		t.Fatalf("reactivated key: %s", vname(v))
+	}
+	// Now alice is at the limit again.
+	_, _, err = s.CreateKey("op", DefaultTenant, "alice", KeyInput{Name: "third"})
+	wantErr(t, err, KindLimit, "key_limit_reached")
+
+	// With max_expiration: an omitted expires_at defaults to now + max, and
+	// a later one is refused.
+	_, err = s.UpdateSettings("op", DefaultTenant, SettingsPatch{MaxExpiration: Some(Duration(24 * time.Hour)), MaxKeysPerUser: Some(3)})
+	mustNil(t, err)
+	clk.Advance(49 * time.Hour) // "expired" has expired again
+	_, _, err = s.RotateKey("op", DefaultTenant, expired.ID, RotateInput{ExpiresAt: ptr(clk.Now().Add(25 * time.Hour))})
+	wantFields(t, err, "expires_at")
+	back, _, err = s.RotateKey("op", DefaultTenant, expired.ID, RotateInput{})
+	mustNil(t, err)
+	if back.Status != StatusActive || back.ExpiresAt == nil || !back.ExpiresAt.Equal(clk.Now().Add(24*time.Hour)) {
+		t.Fatalf("reactivated with max_expiration: %+v", back)
+	}
+	evs := allEvents(t, s, DefaultTenant, EventQuery{Type: "key.rotated", KeyID: expired.ID})
+	if len(evs) != 2 || evs[1].Detail["reactivated"] != true || evs[1].Detail["previous_expires_at"] == nil {
+		t.Fatalf("rotation events %+v", evs)
+	}
+}
+
+// TestRotateExpiredConcurrently: concurrent rotations of expired keys and
+// creates of one owner never leave it with more active keys than
+// max_keys_per_user (Store.wmu serialises the check and the write).
+func TestRotateExpiredConcurrently(t *testing.T) {
+	clk := newClock()
+	s := memStore(t, clk)
+	enable(t, s, DefaultTenant)
+	const limit = 3
+	var expired []string
+	for i := range 2 * limit {
+		k, _ := mustKey(t, s, DefaultTenant, "alice", KeyInput{Name: fmt.Sprintf("old %d", i), ExpiresAt: ptr(clk.Now().Add(time.Minute))})
+		expired = append(expired, k.ID)
+	}
+	_, err := s.UpdateSettings("op", DefaultTenant, SettingsPatch{MaxKeysPerUser: Some(limit), MaxExpiration: Some(Duration(time.Hour))})
+	mustNil(t, err)
+	clk.Advance(time.Minute)
+	var wg sync.WaitGroup
+	var ok, refused atomic.Int32
+	count := func(err error) {
+		switch {
+		case err == nil:
+			ok.Add(1)
+		case KindOf(err) == KindLimit:
+			refused.Add(1)
+		default:
+			t.Error(err)
+		}
+	}
+	for i, id := range expired {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, _, err := s.RotateKey("op", DefaultTenant, id, RotateInput{})
+			count(err)
+		}()
+		go func() {
+			defer wg.Done()
+			_, _, err := s.CreateKey("op", DefaultTenant, "alice", KeyInput{Name: fmt.Sprintf("new %d", i)})
+			count(err)
+		}()
+	}
+	wg.Wait()
+	active, err := s.countActiveOwnerKeys(DefaultTenant, "alice", clk.Now())
+	mustNil(t, err)
+	if active != limit || ok.Load() != limit || refused.Load() != int32(4*limit-limit) {
+		t.Fatalf("active %d, succeeded %d, refused %d; limit %d", active, ok.Load(), refused.Load(), limit)
 	}
 }
 
@@ -726,5 +860,92 @@ func TestListKeys(t *testing.T) {
 	mustNil(t, err)
 	if p.Limit != nil || p.Count != 0 || p.Keys == nil {
 		t.Fatalf("default tenant: %+v", p)
+	}
+}
+
+// TestDefaultGroup: the tenant's default_group names an existing group,
+// keys created with DefaultGroup get it, and it cannot be deleted while it
+// is the default (issue #9 item 11).
+func TestDefaultGroup(t *testing.T) {
+	clk := newClock()
+	s := memStore(t, clk)
+	enable(t, s, DefaultTenant)
+	enable(t, s, "other")
+	st, err := s.GetSettings(DefaultTenant)
+	mustNil(t, err)
+	if st.DefaultGroup != nil {
+		t.Fatalf("new tenant's default_group %q", *st.DefaultGroup)
+	}
+	b, _ := json.Marshal(st)
+	if !strings.Contains(string(b), `"default_group":null`) {
+		t.Fatalf("settings JSON %s", b)
+	}
+	// Without a default group, DefaultGroup keys have no group, whatever
+	// Group says.
+	k, _ := mustKey(t, s, DefaultTenant, "alice", KeyInput{Group: "ignored", DefaultGroup: true})
+	if k.Group != "" {
+		t.Fatalf("key group %q without a default", k.Group)
+	}
+	_, err = s.PutGroup("op", DefaultTenant, "basic", GroupInput{})
+	mustNil(t, err)
+	_, err = s.PutGroup("op", "other", "elsewhere", GroupInput{})
+	mustNil(t, err)
+	for _, bad := range []string{"nope", "", "elsewhere"} {
+		_, err = s.UpdateSettings("op", DefaultTenant, SettingsPatch{DefaultGroup: Some(bad)})
+		wantFields(t, err, "default_group")
+	}
+	st, err = s.UpdateSettings("op", DefaultTenant, SettingsPatch{DefaultGroup: Some("basic")})
+	mustNil(t, err)
+	if st.DefaultGroup == nil || *st.DefaultGroup != "basic" {
+		t.Fatalf("default_group %v", st.DefaultGroup)
+	}
+	evs := allEvents(t, s, DefaultTenant, EventQuery{Type: "settings.updated"})
+	last := evs[len(evs)-1].Detail
+	if fmt.Sprint(last["fields"]) != "[default_group]" || fmt.Sprint(last["before"]) != "map[default_group:<nil>]" ||
+		fmt.Sprint(last["after"]) != "map[default_group:basic]" {
+		t.Fatalf("settings.updated detail %v", last)
+	}
+	k, _ = mustKey(t, s, DefaultTenant, "alice", KeyInput{DefaultGroup: true})
+	if k.Group != "basic" {
+		t.Fatalf("key group %q, want the default", k.Group)
+	}
+	if k, _ := mustKey(t, s, DefaultTenant, "alice", KeyInput{}); k.Group != "" {
+		t.Fatalf("key without DefaultGroup got group %q", k.Group)
+	}
+	// The default group cannot be deleted (even with no key in it) …
+	mustNil(t, s.DeleteKey("op", DefaultTenant, k.ID))
+	wantErr(t, s.DeleteGroup("op", DefaultTenant, "basic"), KindConflict, "conflict")
+	// … until it is no longer the default.
+	st, err = s.UpdateSettings("op", DefaultTenant, SettingsPatch{DefaultGroup: Opt[string]{Set: true, Null: true}})
+	mustNil(t, err)
+	if st.DefaultGroup != nil {
+		t.Fatalf("default_group after null: %v", *st.DefaultGroup)
+	}
+	mustNil(t, s.DeleteGroup("op", DefaultTenant, "basic"))
+}
+
+// TestKeyUpdatedEventValues: key.updated names the fields that changed
+// with their values before and after.
+func TestKeyUpdatedEventValues(t *testing.T) {
+	s := memStore(t, newClock())
+	enable(t, s, DefaultTenant)
+	_, err := s.PutGroup("op", DefaultTenant, "g1", GroupInput{})
+	mustNil(t, err)
+	k, secret := mustKey(t, s, DefaultTenant, "alice", KeyInput{Name: "orders", Group: "g1"})
+	_, err = s.UpdateKey("alice", DefaultTenant, k.ID, KeyPatch{Name: Some("orders"), Group: Opt[string]{Set: true, Null: true},
+		IPAllowlist: Some([]string{"10.0.0.0/8"}), Description: Some("prod")})
+	mustNil(t, err)
+	evs := allEvents(t, s, DefaultTenant, EventQuery{Type: "key.updated"})
+	if len(evs) != 1 {
+		t.Fatalf("%d key.updated events", len(evs))
+	}
+	raw, _ := json.Marshal(evs[0].Detail)
+	want := `{"after":{"description":"prod","group":null,"ip_allowlist":["10.0.0.0/8"]},` +
+		`"before":{"description":"","group":"g1","ip_allowlist":[]},"fields":["description","group","ip_allowlist"]}`
+	if string(raw) != want {
+		t.Fatalf("detail\n got %s\nwant %s", raw, want)
+	}
+	if strings.Contains(string(raw), secret[len(KeyPrefix)+1:]) {
+		t.Fatal("event holds the secret")
 	}
 }

@@ -56,6 +56,15 @@ func (o *Opt[T]) UnmarshalJSON(b []byte) error {
 	return json.Unmarshal(b, &o.Value)
 }
 
+// MarshalJSON writes the value, or null when the field is absent or null
+// (an absent field cannot be written; null is its closest reading).
+func (o Opt[T]) MarshalJSON() ([]byte, error) {
+	if !o.Set || o.Null {
+		return []byte("null"), nil
+	}
+	return json.Marshal(o.Value)
+}
+
 // Some returns a present, non-null Opt.
 func Some[T any](v T) Opt[T] { return Opt[T]{Set: true, Value: v} }
 
@@ -83,6 +92,10 @@ type Settings struct {
 	MaxExpiration      *Duration `json:"max_expiration"` // nil: no limit
 	MaxKeysPerUser     int       `json:"max_keys_per_user"`
 	ExpiringSoonWindow Duration  `json:"expiring_soon_window"`
+	// DefaultGroup is the group of the keys developers create (they never
+	// choose one); nil: no group. It names a group of the tenant, which
+	// cannot be deleted while it is the default.
+	DefaultGroup *string `json:"default_group"`
 }
 
 // Defaults for new tenants.

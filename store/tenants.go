@@ -27,6 +27,7 @@ type SettingsPatch struct {
 	MaxExpiration      Opt[Duration] `json:"max_expiration"`
 	MaxKeysPerUser     Opt[int]      `json:"max_keys_per_user"`
 	ExpiringSoonWindow Opt[Duration] `json:"expiring_soon_window"`
+	DefaultGroup       Opt[string]   `json:"default_group"` // null: no group
 }
 
 func checkKeyLimit(f fieldErrors, limit *int) {
@@ -148,24 +149,28 @@ func (s *Store) UpdateTenant(actor, id string, p TenantPatch) (*Tenant, error) {
 		return nil, err
 	}
 	detail := map[string]any{}
+	var ch changes
 	if p.Name.Set {
+		ch.add("name", rec.Name, p.Name.Value)
 		rec.Name = p.Name.Value
 		detail["name"] = rec.Name
 	}
 	if p.KeyLimit.Set {
+		old := rec.KeyLimit
 		if p.KeyLimit.Null {
 			rec.KeyLimit = nil
 		} else {
 			v := p.KeyLimit.Value
 			rec.KeyLimit = &v
 		}
+		ch.add("key_limit", old, rec.KeyLimit)
 		detail["key_limit"] = rec.KeyLimit
 	}
 	now := s.now().UTC()
 	rec.UpdatedAt = now
 	var b Batch
 	b.Set(k(pTenant+id), mustJSON(rec))
-	s.event(&b, now, id, "tenant.updated", actor, "", detail)
+	s.event(&b, now, id, "tenant.updated", actor, "", ch.detail(detail))
 	if err := s.apply(&b); err != nil {
 		return nil, err
 	}
@@ -203,6 +208,9 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 			f.add("expiring_soon_window", "must be a duration from 0 to 876000h")
 		}
 	}
+	if p.DefaultGroup.Set && !p.DefaultGroup.Null && p.DefaultGroup.Value == "" {
+		f.add("default_group", "must name a group of the tenant, or be null for no group")
+	}
 	if err := f.err(); err != nil {
 		return nil, err
 	}
@@ -212,34 +220,60 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 	if err != nil {
 		return nil, err
 	}
+	// Checked under the write lock: DeleteGroup refuses the default group
+	// under it too.
+	if p.DefaultGroup.Set && !p.DefaultGroup.Null {
+		if _, err := s.GetGroup(tenant, p.DefaultGroup.Value); KindOf(err) == KindNotFound {
+			return nil, invalid("default_group", fmt.Sprintf("no group %q in this tenant", truncate(p.DefaultGroup.Value, 64)))
+		} else if err != nil {
+			return nil, err
+		}
+	}
 	st := &rec.Settings
+	// detail keeps each set field's new value at the top level, plus the
+	// fields that changed with their values before and after.
 	detail := map[string]any{}
+	var ch changes
 	if p.APIKeysEnabled.Set {
+		ch.add("api_keys_enabled", st.APIKeysEnabled, p.APIKeysEnabled.Value)
 		st.APIKeysEnabled = p.APIKeysEnabled.Value
 		detail["api_keys_enabled"] = st.APIKeysEnabled
 	}
 	if p.MaxExpiration.Set {
+		old := st.MaxExpiration
 		if p.MaxExpiration.Null {
 			st.MaxExpiration = nil
 		} else {
 			v := p.MaxExpiration.Value
 			st.MaxExpiration = &v
 		}
+		ch.add("max_expiration", old, st.MaxExpiration)
 		detail["max_expiration"] = st.MaxExpiration
 	}
 	if p.MaxKeysPerUser.Set {
+		ch.add("max_keys_per_user", st.MaxKeysPerUser, p.MaxKeysPerUser.Value)
 		st.MaxKeysPerUser = p.MaxKeysPerUser.Value
 		detail["max_keys_per_user"] = st.MaxKeysPerUser
 	}
 	if p.ExpiringSoonWindow.Set {
+		ch.add("expiring_soon_window", st.ExpiringSoonWindow, p.ExpiringSoonWindow.Value)
 		st.ExpiringSoonWindow = p.ExpiringSoonWindow.Value
 		detail["expiring_soon_window"] = st.ExpiringSoonWindow
+	}
+	if p.DefaultGroup.Set {
+		old := st.DefaultGroup
+		st.DefaultGroup = nil
+		if !p.DefaultGroup.Null {
+			st.DefaultGroup = optString(p.DefaultGroup.Value)
+		}
+		ch.add("default_group", old, st.DefaultGroup)
+		detail["default_group"] = st.DefaultGroup
 	}
 	now := s.now().UTC()
 	rec.UpdatedAt = now
 	var b Batch
 	b.Set(k(pTenant+tenant), mustJSON(rec))
-	s.event(&b, now, tenant, "settings.updated", actor, "", detail)
+	s.event(&b, now, tenant, "settings.updated", actor, "", ch.detail(detail))
 	if err := s.apply(&b); err != nil {
 		return nil, err
 	}

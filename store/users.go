@@ -67,8 +67,13 @@ func (s *Store) ListUsers(tenant, cursor string, limit int) ([]*User, string, er
 	return pageOf(out, limit, func(u *User) string { return u.ID })
 }
 
-// DeleteUser deletes a user and revokes all its tokens. Its keys stay (an
-// admin may delete or revoke them).
+// DeleteUser deletes a user, revokes all its tokens and revokes its active
+// keys, in one durable batch with an event for each key (key.revoked) and
+// one naming all of them (user.deleted). The keys are revoked exactly as
+// RevokeKey does it (the commit invalidates every cached view of their
+// secrets, grace secrets included), so once DeleteUser returns the gateway
+// rejects them on every request that starts afterwards. Expired and
+// revoked keys stay as they are; nothing is deleted but the user.
 func (s *Store) DeleteUser(actor, tenant, id string) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -81,16 +86,34 @@ func (s *Store) DeleteUser(actor, tenant, id string) error {
 	if err != nil {
 		return err
 	}
-	revoked := 0
+	tokens := []string{}
 	for _, t := range toks {
 		if t.RevokedAt == nil {
 			t.RevokedAt = &now
 			b.Set(k(pToken+t.ID), mustJSON(t))
-			revoked++
+			tokens = append(tokens, t.ID)
 		}
 	}
+	recs, err := s.ownerKeys(tenant, id)
+	if err != nil {
+		return err
+	}
+	keys := []string{}
+	for _, rec := range recs {
+		if rec.RevokedAt != nil || rec.ExpiresAt != nil && !now.Before(*rec.ExpiresAt) {
+			continue
+		}
+		_, h, err := s.loadKey(tenant, rec.ID)
+		if err != nil {
+			return err
+		}
+		if err := s.revokeInto(&b, rec, h, actor, now, map[string]any{"reason": "user deleted", "user": id}); err != nil {
+			return err
+		}
+		keys = append(keys, rec.ID)
+	}
 	b.Delete(k(pUser+tenant, id))
-	s.event(&b, now, tenant, "user.deleted", actor, "", map[string]any{"user": id, "tokens_revoked": revoked})
+	s.event(&b, now, tenant, "user.deleted", actor, "", map[string]any{"user": id, "tokens_revoked": tokens, "keys_revoked": keys})
 	return s.apply(&b)
 }
 

@@ -1,9 +1,14 @@
 package store
 
 import (
+	"fmt"
+	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 func TestUsersAndTokens(t *testing.T) {
@@ -123,7 +128,7 @@ func TestUsersAndTokens(t *testing.T) {
 		t.Fatalf("tokens %v", status)
 	}
 
-	// Deleting a user revokes its tokens; its keys stay.
+	// Deleting a user revokes its tokens and its keys.
 	mustNil(t, s.DeleteUser("op", DefaultTenant, "alice"))
 	deny("deleted user", secret)
 	if _, err := s.GetUser(DefaultTenant, "alice"); KindOf(err) != KindNotFound {
@@ -144,7 +149,7 @@ func TestUsersAndTokens(t *testing.T) {
 			t.Fatalf("token %s active after the user was deleted", tk.ID)
 		}
 	}
-	if v := verdict(t, s, DefaultTenant, keySecret, clk.Now()); v != VerdictValid {
+	if v := verdict(t, s, DefaultTenant, keySecret, clk.Now()); v != VerdictRevoked {
 		t.Fatalf("a deleted user's key: %s", vname(v))
 	}
 	// Other users' tokens are untouched; the other tenant's alice too.
@@ -155,8 +160,114 @@ func TestUsersAndTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	evs := allEvents(t, s, DefaultTenant, EventQuery{Type: "user.deleted"})
-	if len(evs) != 1 || evs[0].Detail["user"] != "alice" || evs[0].Detail["tokens_revoked"] != float64(2) { // the active and the expired one
+	// The active and the expired token are named; the revoked one was already.
+	if len(evs) != 1 || evs[0].Detail["user"] != "alice" ||
+		fmt.Sprint(evs[0].Detail["tokens_revoked"]) != fmt.Sprint([]any{tok.ID, expiring.ID}) {
 		t.Fatalf("user.deleted events %d %+v", len(evs), evs[0].Detail)
+	}
+}
+
+// applyCountingKV counts durable batches.
+type applyCountingKV struct {
+	KV
+	synced atomic.Int64
+}
+
+func (k *applyCountingKV) Apply(b *Batch, sync bool) error {
+	if sync {
+		k.synced.Add(1)
+	}
+	return k.KV.Apply(b, sync)
+}
+
+// TestDeleteUserRevokesKeys: deleting a user revokes its active keys (grace
+// secrets included) in the same durable batch as its tokens, with events
+// naming them, and the verification cache drops them at once (issue #9
+// item 12).
+func TestDeleteUserRevokesKeys(t *testing.T) {
+	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
+	mustNil(t, err)
+	ckv := &applyCountingKV{KV: kv}
+	clk := newClock()
+	s := memStore(t, clk, func(o *Options) { o.KV = ckv })
+	enable(t, s, DefaultTenant)
+	now := clk.Now()
+	for _, u := range []string{"alice", "bob"} {
+		_, err := s.PutUser("op", DefaultTenant, u, []Role{RoleDeveloper})
+		mustNil(t, err)
+	}
+	_, tokSecret, err := s.CreateToken("op", DefaultTenant, "alice", TokenInput{})
+	mustNil(t, err)
+	active, activeSecret := mustKey(t, s, DefaultTenant, "alice", KeyInput{Name: "active"})
+	rotated, graceSecret := mustKey(t, s, DefaultTenant, "alice", KeyInput{Name: "rotated"})
+	_, rotatedSecret, err := s.RotateKey("op", DefaultTenant, rotated.ID, RotateInput{GracePeriod: dur(time.Hour)})
+	mustNil(t, err)
+	expired, _ := mustKey(t, s, DefaultTenant, "alice", KeyInput{Name: "expiring", ExpiresAt: ptr(now.Add(time.Minute))})
+	revoked, _ := mustKey(t, s, DefaultTenant, "alice", KeyInput{Name: "revoked"})
+	_, err = s.RevokeKey("op", DefaultTenant, revoked.ID)
+	mustNil(t, err)
+	_, bobSecret := mustKey(t, s, DefaultTenant, "bob", KeyInput{Name: "bob's"})
+	clk.Advance(time.Minute)
+	// Fill the verification cache with every live secret first.
+	for _, sec := range []string{activeSecret, graceSecret, rotatedSecret, bobSecret} {
+		if v := verdict(t, s, DefaultTenant, sec, clk.Now()); v != VerdictValid {
+			t.Fatalf("before: %s", vname(v))
+		}
+	}
+	s.Wait()
+
+	before := ckv.synced.Load()
+	mustNil(t, s.DeleteUser("admin", DefaultTenant, "alice"))
+	if n := ckv.synced.Load() - before; n != 1 {
+		t.Fatalf("DeleteUser made %d durable writes, want 1", n)
+	}
+	for name, sec := range map[string]string{"active": activeSecret, "rotated": rotatedSecret} {
+		if v := verdict(t, s, DefaultTenant, sec, clk.Now()); v != VerdictRevoked {
+			t.Fatalf("%s key of a deleted user: %s", name, vname(v))
+		}
+	}
+	if v := verdict(t, s, DefaultTenant, graceSecret, clk.Now()); v == VerdictValid {
+		t.Fatal("grace secret of a deleted user's key still valid")
+	}
+	if v := verdict(t, s, DefaultTenant, bobSecret, clk.Now()); v != VerdictValid {
+		t.Fatalf("another user's key: %s", vname(v))
+	}
+	if _, _, err := s.AuthenticateToken(tokSecret); KindOf(err) != KindUnauthorized {
+		t.Fatalf("token of a deleted user: %v", err)
+	}
+	for id, want := range map[string]string{active.ID: StatusRevoked, rotated.ID: StatusRevoked, expired.ID: StatusExpired, revoked.ID: StatusRevoked} {
+		k, err := s.GetKey(DefaultTenant, id)
+		mustNil(t, err)
+		if k.Status != want {
+			t.Fatalf("key %s: %s, want %s", k.Name, k.Status, want)
+		}
+		if id == active.ID && (k.RevokedBy == nil || *k.RevokedBy != "admin") {
+			t.Fatalf("revoked_by %v", k.RevokedBy)
+		}
+	}
+	evs := allEvents(t, s, DefaultTenant, EventQuery{Since: clk.Now()})
+	var got []string
+	for _, e := range evs {
+		switch e.Type {
+		case "key.revoked":
+			if e.Detail["user"] != "alice" || e.Detail["reason"] != "user deleted" || e.Actor != "admin" {
+				t.Fatalf("key.revoked event %+v", e)
+			}
+			got = append(got, *e.KeyID)
+		case "user.deleted":
+			keys := fmt.Sprint(e.Detail["keys_revoked"])
+			if keys != fmt.Sprint([]any{active.ID, rotated.ID}) && keys != fmt.Sprint([]any{rotated.ID, active.ID}) {
+				t.Fatalf("user.deleted names keys %s", keys)
+			}
+		default:
+			t.Fatalf("unexpected event %s", e.Type)
+		}
+	}
+	sort.Strings(got)
+	want := []string{active.ID, rotated.ID}
+	sort.Strings(want)
+	if len(evs) != 3 || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("events %d, key.revoked for %v, want %v", len(evs), got, want)
 	}
 }
 

@@ -211,7 +211,7 @@ func TestSettingsJSON(t *testing.T) {
 		t.Fatalf("defaults: %+v", st)
 	}
 	b, _ := json.Marshal(st)
-	if want := `{"api_keys_enabled":false,"max_expiration":null,"max_keys_per_user":5,"expiring_soon_window":"168h"}`; string(b) != want {
+	if want := `{"api_keys_enabled":false,"max_expiration":null,"max_keys_per_user":5,"expiring_soon_window":"168h","default_group":null}`; string(b) != want {
 		t.Fatalf("settings JSON %s, want %s", b, want)
 	}
 	var p SettingsPatch

@@ -401,3 +401,36 @@ func TestPopulate(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 }
+
+// TestSettingsDefaultGroup: settings show/set carry default_group; a
+// developer's key gets it, and the developer cannot choose another.
+func TestSettingsDefaultGroup(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.st.PutGroup("test", "default", "basic", store.GroupInput{}); err != nil {
+		t.Fatal(err)
+	}
+	r := e.run(e.bossToken, "settings", "show").ok(t)
+	if !regexp.MustCompile(`Default group\s+none`).MatchString(r.stdout) {
+		t.Fatalf("settings show:\n%s", r.stdout)
+	}
+	r = e.run(e.bossToken, "settings", "set", "--default-group", "nope")
+	if r.err == nil || !strings.Contains(r.stderr, "default_group") {
+		t.Fatalf("unknown default group: %v %q", r.err, r.stderr)
+	}
+	r = e.run(e.bossToken, "settings", "set", "--default-group", "basic").ok(t)
+	if !regexp.MustCompile(`Default group\s+basic`).MatchString(r.stdout) {
+		t.Fatalf("settings set:\n%s", r.stdout)
+	}
+	r = e.run(e.devToken, "keys", "create", "dev key", "--json").ok(t)
+	if !strings.Contains(r.stdout, `"group": "basic"`) && !strings.Contains(r.stdout, `"group":"basic"`) {
+		t.Fatalf("developer's key:\n%s", r.stdout)
+	}
+	r = e.run(e.devToken, "keys", "create", "dev key 2", "--group", "basic")
+	if r.err == nil || !strings.Contains(r.stderr, "HTTP 403") || !strings.Contains(r.stderr, "group") {
+		t.Fatalf("developer choosing a group: %v %q", r.err, r.stderr)
+	}
+	r = e.run(e.bossToken, "settings", "set", "--no-default-group").ok(t)
+	if !regexp.MustCompile(`Default group\s+none`).MatchString(r.stdout) {
+		t.Fatalf("settings set --no-default-group:\n%s", r.stdout)
+	}
+}

@@ -129,7 +129,7 @@ func keysCreateCommand(conn *connection) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&description, "description", "", "description")
-	f.StringVar(&group, "group", "", "group (must exist in the tenant)")
+	f.StringVar(&group, "group", "", "group (must exist in the tenant; tenant_admin only: a developer's keys get the tenant's default group)")
 	f.StringVar(&expires, "expires", "", "expiry: RFC 3339 time or duration from now (720h, 30d); default: the tenant's max_expiration, if any")
 	f.StringSliceVar(&ips, "ip", nil, "allowed client IP or CIDR (repeat or comma-separate; default: any IP)")
 	f.StringVar(&owner, "owner", "", "owner's user id (tenant_admin; the operator must give one)")
@@ -239,7 +239,7 @@ func keysEditCommand(conn *connection) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&name, "name", "", "new name")
 	f.StringVar(&description, "description", "", "new description")
-	f.StringVar(&group, "group", "", `new group ("" for none)`)
+	f.StringVar(&group, "group", "", `new group ("" for none; tenant_admin only)`)
 	f.StringSliceVar(&ips, "ip", nil, "replace the IP allowlist (repeat or comma-separate)")
 	f.BoolVar(&clearIPs, "clear-ips", false, "empty the IP allowlist (allow any IP)")
 	f.StringVar(&expires, "expires", "", "not editable: rotate the key to change its expiry")

@@ -26,6 +26,7 @@ type apiSettings struct {
 	MaxExpiration      *string `json:"max_expiration"`
 	MaxKeysPerUser     int     `json:"max_keys_per_user"`
 	ExpiringSoonWindow string  `json:"expiring_soon_window"`
+	DefaultGroup       *string `json:"default_group"`
 }
 
 func tenantsCommand() *cobra.Command {
@@ -172,8 +173,9 @@ func tenantsEditCommand(conn *connection) *cobra.Command {
 
 func settingsCommand() *cobra.Command {
 	cmd, conn := topCommand("settings", "Show or change a tenant's API key settings (tenant_admin)",
-		"Show or change the API key policy of --tenant: the enable switch, max_expiration, max_keys_per_user\n"+
-			"and expiring_soon_window. Changes to limits affect new keys only.")
+		"Show or change the API key policy of --tenant: the enable switch, max_expiration, max_keys_per_user,\n"+
+			"expiring_soon_window and default_group (the group of every key a developer creates; developers\n"+
+			"never choose one). Changes to limits affect new keys only.")
 	cmd.AddCommand(settingsShowCommand(conn), settingsSetCommand(conn))
 	return cmd
 }
@@ -187,11 +189,16 @@ func printSettings(w io.Writer, s *apiSettings) {
 	if s.MaxExpiration != nil {
 		maxExp = *s.MaxExpiration
 	}
+	defaultGroup := "none"
+	if s.DefaultGroup != nil {
+		defaultGroup = *s.DefaultGroup
+	}
 	fields(w,
 		"API keys enabled", enabled,
 		"Max expiration", maxExp,
 		"Max keys per user", strconv.Itoa(s.MaxKeysPerUser),
 		"Expiring-soon window", s.ExpiringSoonWindow,
+		"Default group", defaultGroup,
 	)
 }
 
@@ -210,7 +217,8 @@ func settingsShowCommand(conn *connection) *cobra.Command {
 
 func settingsSetCommand(conn *connection) *cobra.Command {
 	var enabled bool
-	var maxExpiration, expiringSoon string
+	var maxExpiration, expiringSoon, defaultGroup string
+	var noDefaultGroup bool
 	var maxKeysPerUser int
 	cmd := &cobra.Command{
 		Use:     "set",
@@ -223,6 +231,9 @@ func settingsSetCommand(conn *connection) *cobra.Command {
 	f.StringVar(&maxExpiration, "max-expiration", "", "longest key lifetime (720h, 90d), or none")
 	f.IntVar(&maxKeysPerUser, "max-keys-per-user", 0, "most active keys per owner (1–1000)")
 	f.StringVar(&expiringSoon, "expiring-soon-window", "", "how long before expiry a key counts as expiring soon (168h, 7d)")
+	f.StringVar(&defaultGroup, "default-group", "", "group given to every key a developer creates (an existing group)")
+	f.BoolVar(&noDefaultGroup, "no-default-group", false, "developers' keys get no group")
+	cmd.MarkFlagsMutuallyExclusive("default-group", "no-default-group")
 	cmd.RunE = action(conn, func(in *invocation) error {
 		changed := in.cmd.Flags().Changed
 		patch := map[string]any{}
@@ -246,8 +257,17 @@ func settingsSetCommand(conn *connection) *cobra.Command {
 			}
 			patch["expiring_soon_window"] = d.String()
 		}
+		if changed("default-group") {
+			if defaultGroup == "" {
+				return errors.New("--default-group: give a group name, or --no-default-group")
+			}
+			patch["default_group"] = defaultGroup
+		}
+		if changed("no-default-group") && noDefaultGroup {
+			patch["default_group"] = nil
+		}
 		if len(patch) == 0 {
-			return errors.New("nothing to change: give --api-keys-enabled, --max-expiration, --max-keys-per-user or --expiring-soon-window")
+			return errors.New("nothing to change: give --api-keys-enabled, --max-expiration, --max-keys-per-user, --expiring-soon-window, --default-group or --no-default-group")
 		}
 		var s apiSettings
 		if err := in.callInto("PATCH", in.tenantPath("settings"), nil, patch, &s); err != nil || in.conn.json {
