@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"math"
 	"net"
@@ -156,22 +157,21 @@ func remoteIP(r *http.Request) string {
 	return host
 }
 
-// tokenHint describes a refused token for a log line without revealing it:
-// its length, and its first 4 characters when it is long enough for them
-// to say little (a kga_ token's are its prefix). Characters other than
-// printable ASCII are shown as '?'.
+// tokenHint describes a refused token for a log line without revealing any
+// of its characters: keygate's public prefix when it has one (kga_, kg_),
+// a short SHA-256 fingerprint (so repeated tries of one token can be told
+// apart from many different ones) and its length. A mistyped operator token
+// therefore puts nothing of the real token in the log.
 func tokenHint(token string) string {
-	if len(token) < 16 {
-		return fmt.Sprintf("(%d chars)", len(token))
-	}
-	var b strings.Builder
-	for _, c := range []byte(token[:4]) {
-		if c < 0x21 || c > 0x7e {
-			c = '?'
+	prefix := ""
+	for _, p := range []string{"kga_", "kg_"} {
+		if strings.HasPrefix(token, p) {
+			prefix = p + "… "
+			break
 		}
-		b.WriteByte(c)
 	}
-	return fmt.Sprintf("%s… (%d chars)", b.String(), len(token))
+	sum := sha256.Sum256([]byte(token))
+	return fmt.Sprintf("%ssha256:%x (%d chars)", prefix, sum[:4], len(token))
 }
 
 // retryAfter is the Retry-After value for a wait: whole seconds, at least 1.

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -129,8 +130,7 @@ func TestAuthFailuresThrottled(t *testing.T) {
 		if !strings.Contains(line, attacker) {
 			t.Errorf("line %d does not name the client address: %s", i, line)
 		}
-		hint := wrong[i][:4] + "… (" + fmt.Sprint(len(wrong[i])) + " chars)"
-		if !strings.Contains(line, hint) {
+		if hint := tokenHint(wrong[i]); !strings.Contains(line, hint) {
 			t.Errorf("line %d lacks the hint %q: %s", i, hint, line)
 		}
 	}
@@ -194,17 +194,29 @@ func TestAuthThrottleBounded(t *testing.T) {
 	}
 }
 
-// TestTokenHint: the hint never shows more than 4 characters of a token,
-// and none of a short one.
+// TestTokenHint: the hint shows no character of a token beyond keygate's
+// public prefix; the same token always gets the same fingerprint.
 func TestTokenHint(t *testing.T) {
-	for token, want := range map[string]string{
-		"kga_0123456789abcdefghijklmnop": "kga_… (30 chars)",
-		"short":                          "(5 chars)",
-		"\x00\nab-long-enough-token":     "??ab… (22 chars)",
-	} {
-		if got := tokenHint(token); got != want {
-			t.Errorf("tokenHint(%q) = %q, want %q", token, got, want)
+	for _, token := range []string{"kga_0123456789abcdefghijklmnop", "short", "\x00\nab-long-enough-token", "operator-token-123456"} {
+		hint := tokenHint(token)
+		if hint != tokenHint(token) {
+			t.Fatalf("tokenHint(%q) is not stable", token)
 		}
+		rest := strings.TrimPrefix(strings.TrimPrefix(token, "kga_"), "kg_")
+		for i := 0; i+3 <= len(rest); i++ {
+			if strings.Contains(hint, rest[i:i+3]) && !strings.Contains(fmt.Sprintf("%x", sha256.Sum256([]byte(token))), rest[i:i+3]) {
+				t.Errorf("tokenHint(%q) = %q shows %q", token, hint, rest[i:i+3])
+			}
+		}
+		if !strings.Contains(hint, fmt.Sprintf("(%d chars)", len(token))) {
+			t.Errorf("tokenHint(%q) = %q: no length", token, hint)
+		}
+	}
+	if got := tokenHint("kga_0123456789abcdefghijklmnop"); !strings.HasPrefix(got, "kga_… sha256:") {
+		t.Errorf("kga_ token hint = %q, want the public prefix first", got)
+	}
+	if tokenHint("operator-token-123456") == tokenHint("operator-token-123457") {
+		t.Error("two tokens share a fingerprint")
 	}
 }
 

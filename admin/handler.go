@@ -26,8 +26,8 @@ type Config struct {
 	Now func() time.Time
 	// Logger, when set, receives internal (storage) errors, which the client
 	// only sees as 503 "unavailable", and a line for each failed
-	// authentication (client address and a token hint: its first 4
-	// characters and its length). Nothing logged ever holds a secret. A
+	// authentication (client address and a token hint: a public
+	// prefix, a short fingerprint and its length). Nothing logged ever holds a secret. A
 	// Logger that also has Warnf(format string, args ...any) gets the
 	// failed authentications there.
 	Logger store.Logger
