@@ -14,8 +14,8 @@ import (
 	"github.com/keygate/keygate/store"
 )
 
-// decodeKinds are the body type FuzzDecode decodes into: the key create,
-// patch and rotate bodies.
+// decodeKinds are the body types FuzzDecode decodes into: the key create,
+// patch and rotate bodies, the settings patch and the group body.
 var decodeKinds = []struct {
 	name   string
 	new    func() any
@@ -24,6 +24,8 @@ var decodeKinds = []struct {
 	{"create", func() any { return new(keyCreate) }, json.Marshal},
 	{"patch", func() any { return new(store.KeyPatch) }, encodePatch},
 	{"rotate", func() any { return new(store.RotateInput) }, json.Marshal},
+	{"settings", func() any { return new(store.SettingsPatch) }, encodePatch},
+	{"group", func() any { return new(store.GroupInput) }, json.Marshal},
 }
 
 // FuzzDecode feeds request bodies to decodeBody. Properties:
@@ -75,6 +77,12 @@ func FuzzDecode(f *testing.F) {
 		{2, `{"grace_period":3600}`},
 		{2, `{"Grace_Period":"1h"}`},
 		{2, `{"expires_at":"0000-01-01T00:00:00Z"}`},
+		{3, `{"api_keys_enabled":true,"max_expiration":"720h","max_keys_per_user":5,"expiring_soon_window":"168h"}`},
+		{3, `{"max_expiration":null,"expiring_soon_window":null}`},
+		{3, `{"max_expiration":"1ns","max_expiration":null}`},
+		{4, `{"description":"d","rules":[{"methods":["GET"],"paths":["/a/*"]}],"rate_limit":{"requests_per_second":0.5,"burst":2}}`},
+		{4, `{"rules":[{"methods":["GET"],"methods":["POST"]}]}`},
+		{4, `{"rate_limit":{"requests_per_second":1e400}}`},
 	}
 	for _, s := range seeds {
 		f.Add(s.kind, []byte(s.body))
@@ -196,12 +204,12 @@ func jsonNames(t reflect.Type) map[string]bool {
 	return names
 }
 
-// encodePatch writes a KeyPatch back as the PATCH body it came from: set
-// fields only, null for explicit nulls (store.Opt has no MarshalJSON).
+// encodePatch writes a patch (a struct of store.Opt fields) back as the
+// PATCH body it came from: set fields only, null for explicit nulls
+// (store.Opt has no MarshalJSON).
 func encodePatch(v any) ([]byte, error) {
-	p := v.(*store.KeyPatch)
 	out := map[string]any{}
-	rv := reflect.ValueOf(p).Elem()
+	rv := reflect.ValueOf(v).Elem()
 	t := rv.Type()
 	for i := 0; i < t.NumField(); i++ {
 		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
