@@ -100,7 +100,7 @@ func TestValidation(t *testing.T) {
 		{name: "case-mismatched name", as: developer, method: "POST", path: keys, body: `{"Name":"ab"}`, status: 400, code: "invalid", field: "Name"},
 		{name: "case-mismatched PATCH name", as: tenantAdmin, method: "PATCH", path: "/v1/tenants/acme/settings", body: `{"API_KEYS_ENABLED":false}`, status: 400, code: "invalid", field: "API_KEYS_ENABLED"},
 		{name: "folded name (long s)", as: developer, method: "POST", path: keys, body: `{"name":"ab","deſcription":"x"}`, status: 400, code: "invalid", field: "deſcription"},
-		{name: "null body", as: developer, method: "POST", path: keys, body: `null`, status: 400, code: "invalid"},
+		{name: "null body", as: tenantAdmin, method: "PATCH", path: "/v1/tenants/acme/settings", body: `null`, status: 400, code: "invalid"},
 		{name: "empty body is {}", as: tenantAdmin, method: "PATCH", path: "/v1/tenants/acme/settings", body: "", status: 200},
 		{name: "malformed JSON", as: developer, method: "POST", path: keys, body: `{"name": "ab"`, status: 400, code: "invalid"},
 		{name: "not JSON", as: developer, method: "POST", path: keys, body: `name=ab`, status: 400, code: "invalid"},
