@@ -2,16 +2,19 @@ package admin
 
 import (
 	"bytes"
-	"encoding/json"
+	stdjson "encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"reflect"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/keygate/keygate/store"
 )
@@ -23,7 +26,7 @@ const maxBodyBytes = 1 << 20
 // application/json, so <, > and & need no HTML escaping.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	var body bytes.Buffer
-	enc := json.NewEncoder(&body)
+	enc := stdjson.NewEncoder(&body)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(v); err != nil {
 		// Only our own response types are encoded; this cannot happen.
@@ -37,10 +40,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(body.Bytes())
 }
 
+// strictJSON are the decoding options for request bodies (SPEC section 6,
+// "strict JSON"). github.com/go-json-experiment/json already matches names
+// exactly (case-sensitively, no Unicode folding), rejects duplicate names
+// and invalid UTF-8 by default; unknown members are rejected on top.
+var strictJSON = json.RejectUnknownMembers(true)
+
 // decodeBody reads a JSON object of at most maxBodyBytes into dst, a
-// pointer to a struct. Unknown fields, type mismatches and malformed JSON
-// are 400s (naming the field where there is one); an oversized body is 413.
-// An empty body decodes as {}.
+// pointer to a struct. Unknown, duplicate or inexact names, invalid UTF-8,
+// type mismatches and malformed JSON are 400s naming the field where there
+// is one; an oversized body is 413. An empty body decodes as {}.
 func decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
 	if r.Body == nil {
 		return nil
@@ -53,180 +62,116 @@ func decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
 		}
 		return errBadRequest("could not read the request body")
 	}
-	if len(bytes.TrimSpace(body)) == 0 {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
 		return nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return describeDecodeError(body, dst, err)
+	if trimmed[0] != '{' {
+		return errBadRequest("the request body must be a JSON object")
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errBadRequest("malformed JSON: unexpected data after the JSON object")
-	}
-	// encoding/json matches names case-insensitively ("NAME", and even
-	// "deſcription" with a long s, fill description): the API's names are
-	// exact, anything else is an unknown field like any other.
-	if name, bad := inexactField(body, reflect.TypeOf(dst)); bad {
-		return &apiError{Status: http.StatusBadRequest, Code: codeInvalid,
-			Message: fmt.Sprintf("unknown field %q", name), Fields: map[string]string{name: "unknown field"}}
+	if err := json.Unmarshal(body, dst, strictJSON); err != nil {
+		return describeDecodeError(err)
 	}
 	return nil
 }
 
-var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
-
-// inexactField finds, in a JSON value that decoded into a value of type t,
-// an object key that is not exactly the JSON name of a struct field (the
-// path to it, e.g. "rules.0.Methods"). Types with their own UnmarshalJSON
-// are taken as they are.
-func inexactField(raw []byte, t reflect.Type) (string, bool) {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
+// describeDecodeError turns a decoding failure into a 400 that names the
+// offending member (as the store names fields: "rules[1].paths") whenever
+// the decoder knows it. The decoder's own messages are not passed on: they
+// quote pieces of the body, which may be secrets (imported keys).
+func describeDecodeError(err error) error {
+	var syn *jsontext.SyntacticError
+	if errors.As(err, &syn) {
+		if syn.Err == jsontext.ErrDuplicateName {
+			name := clip(fieldPath(syn.JSONPointer, true))
+			return &apiError{Status: http.StatusBadRequest, Code: codeInvalid,
+				Message: fmt.Sprintf("duplicate field %q", name), Fields: map[string]string{name: "duplicate field"}}
+		}
+		problem := "malformed JSON"
+		if strings.Contains(syn.Err.Error(), "UTF-8") {
+			problem = "invalid UTF-8"
+		}
+		msg := fmt.Sprintf("%s at byte %d", problem, syn.ByteOffset)
+		if syn.JSONPointer == "" {
+			return errBadRequest(msg)
+		}
+		name := fieldPath(syn.JSONPointer, false)
+		return &apiError{Status: http.StatusBadRequest, Code: codeInvalid, Message: msg,
+			Fields: map[string]string{name: problem}}
 	}
-	if reflect.PointerTo(t).Implements(unmarshalerType) {
-		return "", false
+	var sem *json.SemanticError
+	if !errors.As(err, &sem) {
+		return errBadRequest("malformed JSON")
 	}
-	switch t.Kind() {
-	case reflect.Struct:
-		var object map[string]json.RawMessage
-		if json.Unmarshal(raw, &object) != nil {
-			return "", false // null, or judged by the decoder already
-		}
-		names := make([]string, 0, len(object))
-		for name := range object {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-		for _, name := range names {
-			ft, ok := exactFieldType(t, name)
-			if !ok {
-				return name, true
-			}
-			if sub, bad := inexactField(object[name], ft); bad {
-				return name + "." + sub, true
-			}
-		}
-	case reflect.Slice, reflect.Array:
-		var elems []json.RawMessage
-		if json.Unmarshal(raw, &elems) != nil {
-			return "", false
-		}
-		for i, e := range elems {
-			if sub, bad := inexactField(e, t.Elem()); bad {
-				return strconv.Itoa(i) + "." + sub, true
-			}
-		}
-	case reflect.Map:
-		var object map[string]json.RawMessage
-		if json.Unmarshal(raw, &object) != nil {
-			return "", false
-		}
-		for key, v := range object {
-			if sub, bad := inexactField(v, t.Elem()); bad {
-				return key + "." + sub, true
-			}
-		}
-	}
-	return "", false
-}
-
-// exactFieldType is the type of the struct field whose JSON name is name.
-func exactFieldType(t reflect.Type, name string) (reflect.Type, bool) {
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if f.Anonymous && tag == "" && f.Type.Kind() == reflect.Struct {
-			if ft, ok := exactFieldType(f.Type, name); ok { // promoted fields
-				return ft, true
-			}
-			continue
-		}
-		if tag == "-" || !f.IsExported() {
-			continue
-		}
-		if tag == "" {
-			tag = f.Name
-		}
-		if tag == name {
-			return f.Type, true
-		}
-	}
-	return nil, false
-}
-
-// describeDecodeError turns a json decoding failure into a 400 that names the
-// offending field whenever there is one.
-func describeDecodeError(body []byte, dst any, err error) error {
-	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		name, _ = strconv.Unquote(name)
+	if sem.Err == json.ErrUnknownName {
+		name := clip(fieldPath(sem.JSONPointer, true))
 		return &apiError{Status: http.StatusBadRequest, Code: codeInvalid,
 			Message: fmt.Sprintf("unknown field %q", name), Fields: map[string]string{name: "unknown field"}}
 	}
-	var syntax *json.SyntaxError
-	if errors.As(err, &syntax) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return errBadRequest("malformed JSON: " + strings.TrimPrefix(err.Error(), "json: "))
-	}
-	var object map[string]json.RawMessage
-	if json.Unmarshal(body, &object) != nil {
+	if sem.JSONPointer == "" {
 		return errBadRequest("the request body must be a JSON object")
 	}
-	// Errors from custom decoders (times, durations, PATCH fields) do not say
-	// which field failed: decode the fields one by one to find it.
-	names := make([]string, 0, len(object))
-	for name := range object {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	t := reflect.TypeOf(dst).Elem()
-	for _, name := range names {
-		ft, ok := jsonFieldType(t, name)
-		if !ok {
-			continue
-		}
-		if ferr := json.Unmarshal(object[name], reflect.New(ft).Interface()); ferr != nil {
-			return errInvalid(name, fieldProblem(ft, ferr))
-		}
-	}
-	return errBadRequest("invalid request body")
+	return errInvalid(fieldPath(sem.JSONPointer, false), fieldProblem(sem))
 }
 
-// jsonFieldType finds the type of the struct field encoded as name.
-func jsonFieldType(t reflect.Type, name string) (reflect.Type, bool) {
-	if t.Kind() != reflect.Struct {
-		return nil, false
+// fieldPath writes a JSON pointer ("/rules/1/paths") the way the store names
+// fields ("rules[1].paths"). Numeric tokens are array indexes, except the
+// last one when it is known to be an object member's name.
+func fieldPath(p jsontext.Pointer, lastIsName bool) string {
+	var b strings.Builder
+	var tokens []string
+	for tok := range p.Tokens() {
+		tokens = append(tokens, tok)
 	}
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if tag == "-" || !f.IsExported() {
+	for i, tok := range tokens {
+		isName := lastIsName && i == len(tokens)-1
+		if _, err := strconv.Atoi(tok); err == nil && !isName {
+			b.WriteString("[" + tok + "]")
 			continue
 		}
-		if tag == "" {
-			tag = f.Name
+		if b.Len() > 0 {
+			b.WriteByte('.')
 		}
-		if strings.EqualFold(tag, name) {
-			return f.Type, true
-		}
+		b.WriteString(tok)
 	}
-	return nil, false
+	return b.String()
 }
 
-var timeType = reflect.TypeOf(time.Time{})
+// clip shortens a member name taken from the body for an error answer.
+func clip(name string) string {
+	const max = 100
+	if len(name) <= max {
+		return name
+	}
+	n := max
+	for n > 0 && !utf8.RuneStart(name[n]) {
+		n--
+	}
+	return name[:n] + "…"
+}
 
-// fieldProblem words a field's decoding failure for people.
-func fieldProblem(t reflect.Type, err error) string {
+var (
+	timeType      = reflect.TypeFor[time.Time]()
+	unmarshalType = reflect.TypeFor[interface{ UnmarshalJSON([]byte) error }]()
+)
+
+// fieldProblem words a member's decoding failure for people.
+func fieldProblem(sem *json.SemanticError) string {
+	t := sem.GoType
+	if t == nil {
+		return "invalid value"
+	}
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if t == timeType || strings.Contains(t.String(), "time.Time") {
+	switch {
+	case t == timeType:
 		return `must be an RFC 3339 time such as "2030-01-02T15:04:05Z"`
+	case sem.Err != nil && reflect.PointerTo(t).Implements(unmarshalType):
+		// The type's own words (store.Duration: "must be a duration …").
+		return sem.Err.Error()
 	}
-	var typeErr *json.UnmarshalTypeError
-	if errors.As(err, &typeErr) {
-		return "must be " + jsonKind(typeErr.Type)
-	}
-	return strings.TrimPrefix(err.Error(), "json: ")
+	return "must be " + jsonKind(t)
 }
 
 // jsonKind names a Go type the way a JSON user thinks of it.

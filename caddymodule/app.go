@@ -50,6 +50,12 @@ type App struct {
 	// written to the store. Default 5s.
 	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
 
+	// EventRetention is how long audit events are kept: older ones
+	// (denied-request summaries included) are deleted in the background,
+	// hourly and in bounded batches. Default 90 days ("2160h"); at least
+	// 24h; a negative value (Caddyfile: "off") keeps them forever.
+	EventRetention caddy.Duration `json:"event_retention,omitempty"`
+
 	// Pepper, when set, hashes secrets with HMAC-SHA-256 keyed by it
 	// (placeholders such as {env.KEYGATE_PEPPER} are expanded). Changing it
 	// invalidates every existing key.
@@ -90,6 +96,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		NegativeEntries: a.NegativeCacheEntries,
 		NegativeTTL:     time.Duration(a.NegativeTTL),
 		FlushInterval:   time.Duration(a.FlushInterval),
+		EventRetention:  time.Duration(a.EventRetention),
 		Logger:          zapLogger{},
 		Decorate:        decorate,
 	}
@@ -109,6 +116,28 @@ func (a *App) Provision(ctx caddy.Context) error {
 			zap.String("storage", path))
 	}
 	registerMetrics(ctx, a.shared)
+	return nil
+}
+
+// Validate checks the ranges the Caddyfile parser checks too, for JSON
+// configs: no negative sizes or intervals (a negative flush_interval would
+// stop the flusher), and a retention of at least a day.
+func (a *App) Validate() error {
+	switch {
+	case a.BlockCacheMB < 0 || a.BlockCacheMB > 1<<20:
+		return fmt.Errorf("api_keys: block_cache_mb must be 1–%d MiB (0: default), got %d", 1<<20, a.BlockCacheMB)
+	case a.CacheEntries < 0:
+		return fmt.Errorf("api_keys: cache_entries must not be negative, got %d", a.CacheEntries)
+	case a.NegativeCacheEntries < 0:
+		return fmt.Errorf("api_keys: negative_cache_entries must not be negative, got %d", a.NegativeCacheEntries)
+	case a.NegativeTTL < 0:
+		return fmt.Errorf("api_keys: negative_ttl must not be negative, got %s", time.Duration(a.NegativeTTL))
+	case a.FlushInterval < 0:
+		return fmt.Errorf("api_keys: flush_interval must not be negative, got %s", time.Duration(a.FlushInterval))
+	case a.EventRetention > 0 && time.Duration(a.EventRetention) < store.MinEventRetention:
+		return fmt.Errorf("api_keys: event_retention must be at least %s (or negative: keep forever), got %s",
+			store.Duration(store.MinEventRetention), time.Duration(a.EventRetention))
+	}
 	return nil
 }
 
@@ -171,7 +200,8 @@ func newShared(opts store.Options) *shared {
 func (s *shared) sameOptions(o store.Options) bool {
 	a, b := s.opts, o
 	return a.BlockCache == b.BlockCache && a.CacheEntries == b.CacheEntries && a.NegativeEntries == b.NegativeEntries &&
-		a.NegativeTTL == b.NegativeTTL && a.FlushInterval == b.FlushInterval && string(a.Pepper) == string(b.Pepper)
+		a.NegativeTTL == b.NegativeTTL && a.FlushInterval == b.FlushInterval && string(a.Pepper) == string(b.Pepper) &&
+		a.EventRetention == b.EventRetention
 }
 
 // open opens the store once; later calls return it.
@@ -227,6 +257,7 @@ func (zapLogger) Errorf(format string, args ...any) {
 var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 	_ caddy.Destructor   = (*shared)(nil)
 )

@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/keygate/keygate/store"
 )
 
 func init() {
@@ -27,6 +29,7 @@ func init() {
 //	    negative_cache <entries>
 //	    negative_ttl   <duration>
 //	    flush_interval <duration>
+//	    event_retention <duration>|off
 //	    pepper         <secret>
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
@@ -80,6 +83,16 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				a.FlushInterval = caddy.Duration(dur)
 			}
+		case "event_retention":
+			if val == "off" {
+				a.EventRetention = -1 // keep forever
+				break
+			}
+			dur, err := caddy.ParseDuration(val)
+			if err != nil || dur < store.MinEventRetention {
+				return d.Errf("event_retention: want a duration of at least %s (e.g. 90d) or off, got %q", store.Duration(store.MinEventRetention), val)
+			}
+			a.EventRetention = caddy.Duration(dur)
 		default:
 			return d.Errf("unknown api_keys option %q", opt)
 		}

@@ -66,7 +66,7 @@ func (s *Store) CreateKeys(actor, tenant, owner string, inputs []KeyInput) ([]*K
 	}
 	now := s.now().UTC()
 	f := fieldErrors{}
-	checkID(f, "owner", owner)
+	checkUserID(f, "owner", owner)
 	exps := make([]*time.Time, len(inputs))
 	allows := make([][]string, len(inputs))
 	for i := range inputs {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 )
 
@@ -47,8 +48,8 @@ func checkGroup(f fieldErrors, in *GroupInput) {
 		}
 	}
 	if rl := in.RateLimit; rl != nil {
-		if !(rl.RequestsPerSecond > 0 && rl.RequestsPerSecond <= maxRequestsPerSec) {
-			f.add("rate_limit.requests_per_second", "must be greater than 0")
+		if !(rl.RequestsPerSecond >= minRequestsPerSec && rl.RequestsPerSecond <= maxRequestsPerSec) {
+			f.add("rate_limit.requests_per_second", "must be from "+strconv.FormatFloat(minRequestsPerSec, 'f', -1, 64)+" to "+strconv.FormatFloat(maxRequestsPerSec, 'f', -1, 64))
 		}
 		if rl.Burst < 1 || rl.Burst > maxBurst {
 			f.add("rate_limit.burst", fmt.Sprintf("must be 1–%d", maxBurst))

@@ -110,7 +110,7 @@ func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 	}
 	now := s.now().UTC()
 	f := fieldErrors{}
-	checkID(f, "owner", owner)
+	checkUserID(f, "owner", owner)
 	exp, allow := s.checkKeyInput(f, "", tenant, &in, st, now)
 	if err := f.err(); err != nil {
 		return nil, "", err

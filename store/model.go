@@ -1,11 +1,13 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Duration is a time.Duration that reads and writes Go duration strings
@@ -29,11 +31,12 @@ func (d Duration) String() string {
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("a duration is a string such as \"720h\"")
+		return fmt.Errorf(`must be a duration string such as "720h"`)
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("not a duration: %q", s)
+		// The value is not echoed: a 1 MiB string would come back whole.
+		return fmt.Errorf(`must be a duration such as "720h" or "1h30m"`)
 	}
 	*d = Duration(v)
 	return nil
@@ -47,13 +50,22 @@ type Opt[T any] struct {
 	Value T
 }
 
-func (o *Opt[T]) UnmarshalJSON(b []byte) error {
-	o.Set = true
-	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+// UnmarshalJSONFrom decodes a PATCH field with the decoder's own options,
+// so that the admin API's strict rules (exact names, no unknown or
+// duplicate members) hold inside the value too.
+func (o *Opt[T]) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	*o = Opt[T]{Set: true}
+	if dec.PeekKind() == 'n' {
 		o.Null = true
-		return nil
+		_, err := dec.ReadToken()
+		return err
 	}
-	return json.Unmarshal(b, &o.Value)
+	return jsonv2.UnmarshalDecode(dec, &o.Value)
+}
+
+// UnmarshalJSON lets encoding/json decode an Opt the same way, strictly.
+func (o *Opt[T]) UnmarshalJSON(b []byte) error {
+	return jsonv2.Unmarshal(b, o, jsonv2.RejectUnknownMembers(true))
 }
 
 // MarshalJSON writes the value, or null when the field is absent or null

@@ -2,8 +2,11 @@ package store
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
 )
 
 func TestDurationJSON(t *testing.T) {
@@ -31,6 +34,46 @@ func TestDurationJSON(t *testing.T) {
 	for _, bad := range []string{`"7d"`, `720`, `"abc"`, `null`} {
 		if err := json.Unmarshal([]byte(bad), &d); err == nil && bad != `null` {
 			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+// TestOptJSON: a PATCH field tells absent, null and a value apart, and its
+// value is decoded with the caller's strict options (exact, known names), by
+// encoding/json as well as by the admin API's decoder.
+func TestOptJSON(t *testing.T) {
+	type patch struct {
+		Window Opt[Duration] `json:"window"`
+		Rule   Opt[Rule]     `json:"rule"`
+	}
+	strict := jsonv2.RejectUnknownMembers(true)
+	for _, c := range []struct {
+		body    string
+		want    patch
+		wantErr bool
+	}{
+		{body: `{}`},
+		{body: `{"window":null}`, want: patch{Window: Opt[Duration]{Set: true, Null: true}}},
+		{body: `{"window":"1h"}`, want: patch{Window: Some(Duration(time.Hour))}},
+		{body: `{"window":"1 hour"}`, wantErr: true},
+		{body: `{"rule":{"paths":["/a"]}}`, want: patch{Rule: Some(Rule{Paths: []string{"/a"}})}},
+		{body: `{"rule":{"Paths":["/a"]}}`, wantErr: true},
+		{body: `{"rule":{"paths":["/a"],"colour":1}}`, wantErr: true},
+	} {
+		var v2, v1 patch
+		err2 := jsonv2.Unmarshal([]byte(c.body), &v2, strict)
+		err1 := json.Unmarshal([]byte(c.body), &v1)
+		for _, r := range []struct {
+			err error
+			got patch
+		}{{err2, v2}, {err1, v1}} {
+			if (r.err != nil) != c.wantErr {
+				t.Errorf("%s: error %v, want error %v", c.body, r.err, c.wantErr)
+				continue
+			}
+			if !c.wantErr && fmt.Sprint(r.got) != fmt.Sprint(c.want) {
+				t.Errorf("%s: got %+v, want %+v", c.body, r.got, c.want)
+			}
 		}
 	}
 }

@@ -41,7 +41,7 @@ const SchemaVersion = 2
 //	kt/<tenant>/<key id>         → current secret hash
 //	ku/<key id>                  → usageRecord, binary (usagecodec.go), written
 //	                               as Pebble merge operands (mergeUsage)
-//	e/<tenant>/<event id>        → Event
+//	e/<tenant>/<event id>        → Event (deleted after EventRetention)
 const (
 	pMeta      = "meta/"
 	pTenant    = "t/"
@@ -98,6 +98,14 @@ type Options struct {
 	// written (default 5s); negative disables the background flusher, and
 	// Flush or Close write them.
 	FlushInterval time.Duration
+	// EventRetention is how long audit events are kept (default
+	// DefaultEventRetention, 90 days; at least MinEventRetention); older
+	// ones are deleted in the background. Negative keeps them forever.
+	EventRetention time.Duration
+	// EventPruneInterval is how often that background pass runs (default
+	// DefaultEventPruneInterval); negative disables the pass, and
+	// PruneEvents does it on demand.
+	EventPruneInterval time.Duration
 	// Pepper, when set, makes secret hashes HMAC-SHA-256 with it.
 	Pepper []byte
 	// Now is the clock (tests inject one).
@@ -128,6 +136,7 @@ type Store struct {
 	usage  *usageBuffer
 
 	lastEvent atomic.Int64
+	retention time.Duration // events older than this are pruned; <= 0: never
 
 	flushes flushCounters
 
@@ -137,6 +146,7 @@ type Store struct {
 	closeOnce sync.Once
 	stop      chan struct{}
 	flushDone chan struct{}
+	pruneDone chan struct{}
 	closed    atomic.Bool
 }
 
@@ -163,6 +173,15 @@ func Open(opts Options) (*Store, error) {
 	if opts.FlushInterval == 0 {
 		opts.FlushInterval = 5 * time.Second
 	}
+	switch {
+	case opts.EventRetention == 0:
+		opts.EventRetention = DefaultEventRetention
+	case opts.EventRetention > 0 && opts.EventRetention < MinEventRetention:
+		return nil, fmt.Errorf("store: event retention %s is shorter than %s", Duration(opts.EventRetention), Duration(MinEventRetention))
+	}
+	if opts.EventPruneInterval == 0 {
+		opts.EventPruneInterval = DefaultEventPruneInterval
+	}
 	kv := opts.KV
 	if kv == nil {
 		if opts.Dir == "" {
@@ -182,6 +201,7 @@ func Open(opts Options) (*Store, error) {
 		decorate: opts.Decorate,
 		stop:     make(chan struct{}),
 	}
+	s.retention = opts.EventRetention
 	vc, err := newVerifyCache(opts.CacheEntries, opts.NegativeEntries, opts.NegativeTTL)
 	if err != nil {
 		_ = kv.Close()
@@ -198,6 +218,10 @@ func Open(opts Options) (*Store, error) {
 	if opts.FlushInterval > 0 {
 		s.flushDone = make(chan struct{})
 		go s.flushLoop(opts.FlushInterval)
+	}
+	if opts.EventPruneInterval > 0 && opts.EventRetention > 0 {
+		s.pruneDone = make(chan struct{})
+		go s.pruneLoop(opts.EventPruneInterval)
 	}
 	return s, nil
 }
@@ -254,6 +278,9 @@ func (s *Store) Close() error {
 		close(s.stop)
 		if s.flushDone != nil {
 			<-s.flushDone
+		}
+		if s.pruneDone != nil {
+			<-s.pruneDone
 		}
 		if ferr := s.Flush(); ferr != nil {
 			s.log.Errorf("final usage flush: %v", ferr)

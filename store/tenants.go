@@ -194,8 +194,8 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 		f.add("api_keys_enabled", "must be true or false")
 	}
 	if p.MaxExpiration.Set && !p.MaxExpiration.Null {
-		if d := time.Duration(p.MaxExpiration.Value); d <= 0 || d > maxDurationSetting {
-			f.add("max_expiration", "must be a positive duration of at most 876000h, or null for no limit")
+		if d := time.Duration(p.MaxExpiration.Value); d < MaxExpirationMin || d > maxDurationSetting {
+			f.add("max_expiration", fmt.Sprintf("must be from %s to %s, or null for no limit", Duration(MaxExpirationMin), Duration(maxDurationSetting)))
 		}
 	}
 	if p.MaxKeysPerUser.Set {
@@ -205,7 +205,7 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 	}
 	if p.ExpiringSoonWindow.Set {
 		if d := time.Duration(p.ExpiringSoonWindow.Value); p.ExpiringSoonWindow.Null || d < 0 || d > maxDurationSetting {
-			f.add("expiring_soon_window", "must be a duration from 0 to 876000h")
+			f.add("expiring_soon_window", fmt.Sprintf("must be a duration from 0s to %s", Duration(maxDurationSetting)))
 		}
 	}
 	if p.DefaultGroup.Set && !p.DefaultGroup.Null && p.DefaultGroup.Value == "" {

@@ -10,7 +10,7 @@ import (
 // PutUser creates a user of the tenant or replaces its roles.
 func (s *Store) PutUser(actor, tenant, id string, roles []Role) (*User, error) {
 	f := fieldErrors{}
-	checkID(f, "user", id)
+	checkUserID(f, "user", id)
 	if len(roles) == 0 {
 		f.add("roles", "give at least one of developer, tenant_admin")
 	}

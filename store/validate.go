@@ -23,10 +23,21 @@ const (
 	TokenNameMax       = 200
 	TenantNameMax      = 200
 	maxBulkRevoke      = 1000
+	minRequestsPerSec  = 0.001 // one request per 1000 s; below, a float rate is "never"
 	maxRequestsPerSec  = 1e9
 	maxBurst           = 1_000_000
 	maxDurationSetting = 100 * 365 * 24 * time.Hour
+
+	// MaxExpirationMin is the shortest max_expiration a tenant may set. A
+	// cap of "1ns" made every key expire at birth; an hour is the shortest
+	// lifetime for which an API key (rather than a short-lived token)
+	// makes sense.
+	MaxExpirationMin = time.Hour
 )
+
+// ReservedUserID is not a user id: wherever one is expected (owner=me) it
+// names the caller, so no user may be called that.
+const ReservedUserID = "me"
 
 // checkID validates a caller-chosen id (tenant, user, group): 1–64 of
 // letters, digits and . _ - @ + (so e-mail addresses work as user ids).
@@ -41,6 +52,20 @@ func checkID(f fieldErrors, field, id string) {
 			f.add(field, "may contain only letters, digits and . _ - @ +")
 			return
 		}
+	}
+	if id == "." || id == ".." {
+		// Path segments: /v1/tenants/.. is cleaned to /v1/, so the
+		// thing could never be addressed again.
+		f.add(field, `must not be "." or ".."`)
+	}
+}
+
+// checkUserID validates a user id (a user, a key's owner): an id that is not
+// the reserved word "me".
+func checkUserID(f fieldErrors, field, id string) {
+	checkID(f, field, id)
+	if id == ReservedUserID {
+		f.add(field, `"me" is reserved: it names the caller (owner=me)`)
 	}
 }
 

@@ -56,6 +56,7 @@ func TestCreateKeyValidation(t *testing.T) {
 		{"empty allowlist", "alice", KeyInput{Name: "ok", IPAllowlist: []string{}}, nil},
 		{"empty owner", "", KeyInput{Name: "ok"}, []string{"owner"}},
 		{"owner with slash", "a/b", KeyInput{Name: "ok"}, []string{"owner"}},
+		{"owner me (reserved)", "me", KeyInput{Name: "ok"}, []string{"owner"}},
 		{"owner e-mail", "alice@example.com", KeyInput{Name: "ok"}, nil},
 		{"all at once", "a/b", KeyInput{Name: "x", Description: strings.Repeat("d", 1001), Group: "nope",
 			ExpiresAt: ptr(now.Add(-time.Hour)), IPAllowlist: []string{"nope"}},
@@ -173,6 +174,11 @@ func TestSettingsValidation(t *testing.T) {
 		{"max expiration negative", SettingsPatch{MaxExpiration: Some(Duration(-time.Hour))}, []string{"max_expiration"}},
 		{"max expiration huge", SettingsPatch{MaxExpiration: Some(Duration(maxDurationSetting + time.Hour))}, []string{"max_expiration"}},
 		{"max expiration 720h", SettingsPatch{MaxExpiration: Some(Duration(720 * time.Hour))}, nil},
+		{"max expiration 1ns (every key born expired)", SettingsPatch{MaxExpiration: Some(Duration(1))}, []string{"max_expiration"}},
+		{"max expiration just under the minimum", SettingsPatch{MaxExpiration: Some(Duration(MaxExpirationMin - time.Nanosecond))}, []string{"max_expiration"}},
+		{"max expiration the minimum", SettingsPatch{MaxExpiration: Some(Duration(MaxExpirationMin))}, nil},
+		{"window the maximum", SettingsPatch{ExpiringSoonWindow: Some(Duration(maxDurationSetting))}, nil},
+		{"window above the maximum", SettingsPatch{ExpiringSoonWindow: Some(Duration(maxDurationSetting + 1))}, []string{"expiring_soon_window"}},
 		{"max expiration null", SettingsPatch{MaxExpiration: Opt[Duration]{Set: true, Null: true}}, nil},
 		{"window negative", SettingsPatch{ExpiringSoonWindow: Some(Duration(-time.Second))}, []string{"expiring_soon_window"}},
 		{"window null", SettingsPatch{ExpiringSoonWindow: Opt[Duration]{Set: true, Null: true}}, []string{"expiring_soon_window"}},
@@ -246,6 +252,9 @@ func TestTenantValidation(t *testing.T) {
 		{"64 chars", TenantInput{ID: strings.Repeat("t", 64)}, nil},
 		{"65 chars", TenantInput{ID: strings.Repeat("t", 65)}, []string{"id"}},
 		{"non-ascii", TenantInput{ID: "tö"}, []string{"id"}},
+		{"dot", TenantInput{ID: "."}, []string{"id"}},
+		{"dot dot", TenantInput{ID: ".."}, []string{"id"}},
+		{"three dots", TenantInput{ID: "..."}, nil},
 		{"negative key limit", TenantInput{ID: "neg", KeyLimit: ptr(-1)}, []string{"key_limit"}},
 		{"huge key limit", TenantInput{ID: "huge", KeyLimit: ptr(100_000_001)}, []string{"key_limit"}},
 		{"zero key limit", TenantInput{ID: "zero", KeyLimit: ptr(0)}, nil},
@@ -320,7 +329,7 @@ func TestTenantValidation(t *testing.T) {
 		}
 		cursor = next
 	}
-	want := []string{"acme-1.eu_west", DefaultTenant, strings.Repeat("t", 64), "zero"}
+	want := []string{"...", "acme-1.eu_west", DefaultTenant, strings.Repeat("t", 64), "zero"}
 	if strings.Join(ids, ",") != strings.Join(want, ",") {
 		t.Fatalf("tenants %v, want %v", ids, want)
 	}
@@ -336,6 +345,9 @@ func TestUserValidation(t *testing.T) {
 	}{
 		{"empty id", "", []Role{RoleDeveloper}, []string{"user"}},
 		{"slash", "a/b", []Role{RoleDeveloper}, []string{"user"}},
+		{"me is reserved (owner=me)", "me", []Role{RoleDeveloper}, []string{"user"}},
+		{"dot dot", "..", []Role{RoleDeveloper}, []string{"user"}},
+		{"me as part of an id", "me2", []Role{RoleDeveloper}, nil},
 		{"no roles", "u1", nil, []string{"roles"}},
 		{"unknown role", "u1", []Role{"admin"}, []string{"roles[0]"}},
 		{"second unknown", "u1", []Role{RoleDeveloper, "boss"}, []string{"roles[1]"}},
@@ -384,6 +396,9 @@ func TestGroupValidation(t *testing.T) {
 		{"bad pattern", "g", GroupInput{Rules: []Rule{{Paths: []string{"/orders/["}}}}, []string{"rules[0].paths[0]"}},
 		{"long path", "g", GroupInput{Rules: []Rule{{Paths: []string{"/" + strings.Repeat("p", 1024)}}}}, []string{"rules[0].paths[0]"}},
 		{"too many rules", "g", GroupInput{Rules: make([]Rule, RulesMax+1)}, []string{"rules"}},
+		{"dot dot", "..", GroupInput{}, []string{"group"}},
+		{"rps below the minimum", "g", GroupInput{RateLimit: &RateLimit{RequestsPerSecond: minRequestsPerSec / 2, Burst: 1}}, []string{"rate_limit.requests_per_second"}},
+		{"smallest float rps", "g", GroupInput{RateLimit: &RateLimit{RequestsPerSecond: math.SmallestNonzeroFloat64, Burst: 1}}, []string{"rate_limit.requests_per_second"}},
 		{"zero rps", "g", GroupInput{RateLimit: &RateLimit{RequestsPerSecond: 0, Burst: 1}}, []string{"rate_limit.requests_per_second"}},
 		{"negative rps", "g", GroupInput{RateLimit: &RateLimit{RequestsPerSecond: -1, Burst: 1}}, []string{"rate_limit.requests_per_second"}},
 		{"NaN rps", "g", GroupInput{RateLimit: &RateLimit{RequestsPerSecond: math.NaN(), Burst: 1}}, []string{"rate_limit.requests_per_second"}},
