@@ -1,0 +1,161 @@
+package caddymodule
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/keygate/keygate/store"
+)
+
+// TestSecretNeverLogged: sites with a plain `log` directive (no filter) and
+// a DEBUG default logger; secrets in X-API-Key, Bearer, a custom header and
+// an unrelated header, for admitted, rejected and upstream-error (502)
+// requests; no line of any log contains any of them. Once with JSON logs,
+// once with console logs, log_credentials on and handle_errors (rejections
+// then go through the error log too).
+func TestSecretNeverLogged(t *testing.T) {
+	for _, v := range []struct {
+		name, format, servers, errors string
+	}{
+		{name: "json"},
+		{
+			name:    "console, log_credentials, handle_errors",
+			format:  "format console",
+			servers: "servers {\n\t\tlog_credentials\n\t}",
+			errors:  "handle_errors {\n\t\trespond \"{err.status_code} {http.auth.api_key.error}\"\n\t}",
+		},
+	} {
+		t.Run(v.name, func(t *testing.T) { secretNeverLogged(t, v.format, v.servers, v.errors) })
+	}
+}
+
+func secretNeverLogged(t *testing.T, format, servers, handleErrors string) {
+	up := echoUpstream(t)
+	dir := t.TempDir()
+	defaultLog := filepath.Join(dir, "default.log")
+	accessDead := filepath.Join(dir, "access-dead.log")
+	accessLive := filepath.Join(dir, "access-live.log")
+	portDead, portLive, deadUpstream := freePort(t), freePort(t), freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	storage file_system %[1]s/caddy
+	api_keys {
+		storage %[1]s/keys
+	}
+	log default {
+		output file %[2]s
+		level DEBUG
+		%[8]s
+	}
+	%[9]s
+}
+http://127.0.0.1:%[4]d {
+	bind 127.0.0.1
+	log {
+		output file %[3]s
+		%[8]s
+	}
+	api_key
+	reverse_proxy 127.0.0.1:%[6]d
+	%[10]s
+}
+http://127.0.0.1:%[5]d {
+	bind 127.0.0.1
+	log {
+		output file %[11]s
+		%[8]s
+	}
+	api_key {
+		header X-Custom-Key
+	}
+	reverse_proxy %[7]s
+	%[10]s
+}`, dir, defaultLog, accessDead, portDead, portLive, deadUpstream, up.Listener.Addr(), format, servers, handleErrors, accessLive))
+	st := sharedStore(t, filepath.Join(dir, "keys"))
+	enable(t, st, store.DefaultTenant)
+	_, valid := newKey(t, st, store.DefaultTenant, store.KeyInput{})
+	_, revoked := newKey(t, st, store.DefaultTenant, store.KeyInput{})
+	if _, err := st.RevokeKey("test", store.DefaultTenant, mustID(t, st, revoked)); err != nil {
+		t.Fatal(err)
+	}
+	unknown := store.NewSecret(store.KeyPrefix)
+	token := store.NewSecret(store.TokenPrefix)
+	secrets := []string{valid, revoked, unknown, token, valid[:len(valid)-3] + "zzz"}
+
+	dead := fmt.Sprintf("http://127.0.0.1:%d/", portDead)
+	live := fmt.Sprintf("http://127.0.0.1:%d/", portLive)
+	statuses := map[int]int{}
+	for _, s := range secrets {
+		for _, req := range []struct {
+			url string
+			hdr http.Header
+		}{
+			{dead, http.Header{"X-Api-Key": {s}}},
+			{dead, http.Header{"Authorization": {"Bearer " + s}}},
+			{dead, http.Header{"X-Api-Key": {s, s}}},
+			{dead, http.Header{"X-Unrelated": {"token=" + s}}},
+			{live, http.Header{"X-Custom-Key": {s}}},
+			{live, http.Header{"Authorization": {"bearer " + s}}},
+			{live, http.Header{"X-Api-Key": {s}}}, // not this site's header: rejected, still hidden
+		} {
+			r := doHeader(t, req.url+"path?q="+s[:4], req.hdr)
+			statuses[r.status]++
+		}
+	}
+	if statuses[200] == 0 || statuses[401] == 0 || statuses[502] == 0 {
+		t.Fatalf("statuses %v: want admitted, rejected and upstream errors", statuses)
+	}
+	if err := caddy.Stop(); err != nil { // flush the log files
+		t.Fatal(err)
+	}
+
+	lines := map[string]int{}
+	redacted := false
+	for _, f := range []string{defaultLog, accessDead, accessLive} {
+		fh, err := os.Open(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(fh)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			lines[f]++
+			redacted = redacted || strings.Contains(line, "REDACTED")
+			for _, s := range secrets {
+				// The 22 random characters identify the secret; the test's
+				// truncated copy shares them with the valid key.
+				if random := s[strings.IndexByte(s, '_')+1:][:22]; strings.Contains(line, random) {
+					t.Errorf("%s logs a secret: %s", filepath.Base(f), line)
+				}
+			}
+		}
+		fh.Close()
+		if err := sc.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{defaultLog, accessDead, accessLive} {
+		if lines[f] == 0 {
+			t.Errorf("%s is empty: the test would prove nothing", filepath.Base(f))
+		}
+	}
+	if !redacted {
+		t.Error("no log line shows a redacted header: the headers were not logged at all")
+	}
+	b, _ := os.ReadFile(defaultLog)
+	if !strings.Contains(string(b), "502") {
+		t.Errorf("the default log has no 502 line")
+	}
+	if !strings.Contains(string(b), "http.log.error") {
+		t.Errorf("the default log has no error log line")
+	}
+}
