@@ -256,3 +256,63 @@ func loadErr(t testing.TB, cfg string) error {
 	}
 	return caddy.Stop()
 }
+
+// browserLikeRequest has the dozen headers of a typical API call.
+func browserLikeRequest(secret string) *http.Request {
+	r, _ := http.NewRequest("GET", "http://gw/orders/1", nil)
+	for k, v := range map[string]string{
+		"Accept": "application/json", "Accept-Encoding": "gzip, deflate, br", "Accept-Language": "en",
+		"User-Agent": "client/1.0", "Connection": "keep-alive", "Cache-Control": "no-cache",
+		"X-Request-Id": "4f9c0d", "X-Forwarded-For": "192.0.2.1", "Content-Type": "application/json",
+		"Authorization": "Basic dXNlcjpwYXNz", "X-Api-Key-Name": "forged",
+	} {
+		r.Header[k] = []string{v}
+	}
+	r.Header["X-Api-Key"] = []string{secret}
+	return r
+}
+
+// TestCredentialsNoAlloc: reading the sources, stripping them and the
+// identity namespace allocate nothing (the hot path stays at 0 allocs).
+func TestCredentialsNoAlloc(t *testing.T) {
+	h := newCredentialHandler(t, "", true)
+	h.strip = true
+	secret := store.NewSecret(store.KeyPrefix)
+	reqs := make([]*http.Request, 0, 200)
+	for range 200 {
+		reqs = append(reqs, browserLikeRequest(secret))
+	}
+	i := 0
+	allocs := testing.AllocsPerRun(100, func() {
+		r := reqs[i]
+		i++
+		if p := h.credentials(r); p.secret != secret || p.bearer || !p.header {
+			t.Fatalf("credentials: %+v", p)
+		}
+		delete(r.Header, h.header)
+		h.stripIdentity(r.Header)
+		if _, ok := r.Header["X-Api-Key-Name"]; ok {
+			t.Fatal("identity header kept")
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per request", allocs)
+	}
+}
+
+// BenchmarkCredentials: reading the sources and stripping the identity
+// namespace of a request with a dozen headers.
+func BenchmarkCredentials(b *testing.B) {
+	h := &Handler{}
+	if err := h.provisionDefaults(); err != nil {
+		b.Fatal(err)
+	}
+	r := browserLikeRequest(store.NewSecret(store.KeyPrefix))
+	b.ReportAllocs()
+	for b.Loop() {
+		if p := h.credentials(r); p.secret == "" {
+			b.Fatal("no secret")
+		}
+		h.stripIdentity(r.Header)
+	}
+}

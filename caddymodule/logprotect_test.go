@@ -4,12 +4,16 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/keygate/keygate/store"
 )
@@ -157,5 +161,80 @@ http://127.0.0.1:%[5]d {
 	}
 	if !strings.Contains(string(b), "http.log.error") {
 		t.Errorf("the default log has no error log line")
+	}
+}
+
+// nameFilter passes only entries of one logger name, as Caddy's cores with
+// include/exclude do in Check.
+type nameFilter struct {
+	zapcore.Core
+	name string
+}
+
+func (f nameFilter) With(fields []zapcore.Field) zapcore.Core {
+	return nameFilter{f.Core.With(fields), f.name}
+}
+
+func (f nameFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if e.LoggerName != f.name {
+		return ce
+	}
+	return f.Core.Check(e, ce)
+}
+
+// TestRedactingCore: the request is redacted whether it comes with the
+// entry or through With (as Caddy's server attaches it), the wrapped
+// core's own filtering still decides, and the logged request is not
+// modified.
+func TestRedactingCore(t *testing.T) {
+	secret := store.NewSecret(store.KeyPrefix)
+	var buf strings.Builder
+	inner := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&buf), zapcore.DebugLevel)
+	red := &logRedactor{headers: []string{"X-Custom-Key"}, bearer: true}
+	log := zap.New(&redactingCore{Core: nameFilter{inner, "keep"}, red: red})
+
+	req := httptest.NewRequest("GET", "http://gw/x?token="+secret+"&kg_=1", nil)
+	req.Header.Set("X-Custom-Key", "not-shaped-like-a-key")
+	req.Header.Set("Authorization", "Bearer "+secret)
+	req.Header.Set("X-Other", "a "+secret[:20]+" b")
+	req.Header.Set("Proxy-Authorization", "Basic dXNlcjpwYXNz")
+	field := zap.Object("request", caddyhttp.LoggableHTTPRequest{Request: req, ShouldLogCredentials: true})
+
+	log.Named("keep").Info("with the entry", field)
+	log.Named("keep").WithLazy(field).Info("through With")
+	log.Named("drop").Info("filtered out", field)
+	log.Named("keep").Info("headers", zap.Object("h", caddyhttp.LoggableHTTPHeader{Header: req.Header, ShouldLogCredentials: true}))
+
+	out := buf.String()
+	if n := strings.Count(out, "\n"); n != 3 {
+		t.Fatalf("%d lines, want 3 (the name filter must still apply):\n%s", n, out)
+	}
+	if strings.Contains(out, secret[3:20]) || strings.Contains(out, "not-shaped-like-a-key") {
+		t.Fatalf("secret logged:\n%s", out)
+	}
+	for _, want := range []string{`"X-Custom-Key":["REDACTED"]`, `"Authorization":["REDACTED"]`, `"X-Other":["a REDACTED b"]`,
+		`"Proxy-Authorization":["Basic dXNlcjpwYXNz"]`, `token=REDACTED&kg_=1`} {
+		if strings.Count(out, want) < 2 {
+			t.Errorf("want %s in both request lines:\n%s", want, out)
+		}
+	}
+	if req.Header.Get("X-Custom-Key") != "not-shaped-like-a-key" || !strings.Contains(req.RequestURI, secret) {
+		t.Error("the logged request itself was modified")
+	}
+}
+
+func TestScrubSecrets(t *testing.T) {
+	key, tok := store.NewSecret(store.KeyPrefix), store.NewSecret(store.TokenPrefix)
+	for in, want := range map[string]string{
+		"plain":                       "plain",
+		"a kg_short b":                "a kg_short b",
+		"Bearer " + key:               "Bearer REDACTED",
+		key + "," + tok:               "REDACTED,REDACTED",
+		"/p?k=" + key[:15] + "&x=1":   "/p?k=REDACTED&x=1",
+		"pkg_name_is_not_a_secret_no": "pkg_name_is_not_a_secret_no",
+	} {
+		if got, _ := scrubSecrets(in); got != want {
+			t.Errorf("scrubSecrets(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
