@@ -48,8 +48,10 @@ type logRedactor struct {
 
 var redactedValue = []string{"REDACTED"}
 
-// protectServerLogs makes srv's access and error logs redact header (and
-// Authorization: Bearer when bearer) in every request they record.
+// protectServerLogs makes srv's access and error logs redact header (none
+// when "") and, with bearer, Authorization: Bearer values, in every request
+// they record. (The coming `query` option adds its parameter here, to be
+// removed from the logged URI.)
 func protectServerLogs(srv *caddyhttp.Server, header string, bearer bool) error {
 	var fields [2]**zap.Logger
 	for i, name := range []string{"errorLogger", "accessLogger"} {
@@ -75,7 +77,7 @@ func protectServerLogs(srv *caddyhttp.Server, header string, bearer bool) error 
 			}
 		}
 	}
-	if !slices.Contains(red.headers, header) {
+	if header != "" && !slices.Contains(red.headers, header) {
 		red.headers = append(red.headers, header)
 	}
 	red.bearer = red.bearer || bearer

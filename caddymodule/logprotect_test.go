@@ -238,3 +238,64 @@ func TestScrubSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminTokenNeverLogged: the api_key_admin site's logs hide operator
+// and user tokens even with log_credentials on and a plain log directive.
+func TestAdminTokenNeverLogged(t *testing.T) {
+	dir := t.TempDir()
+	access, defaultLog := filepath.Join(dir, "access.log"), filepath.Join(dir, "default.log")
+	port := freePort(t)
+	const op = "admin-log-operator-token-42"
+	wrong := "wrong-operator-token-4242"
+	t.Setenv("KEYGATE_TEST_OP", op)
+	startCaddy(t, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	storage file_system %[1]s/caddy
+	api_keys {
+		storage %[1]s/keys
+	}
+	log default {
+		output file %[2]s
+		level DEBUG
+	}
+	servers {
+		log_credentials
+	}
+}
+http://127.0.0.1:%[4]d {
+	bind 127.0.0.1
+	log {
+		output file %[3]s
+	}
+	api_key_admin {
+		operator_token {env.KEYGATE_TEST_OP}
+	}
+}`, dir, defaultLog, access, port))
+	url := fmt.Sprintf("http://127.0.0.1:%d/v1/me", port)
+	if r := get(t, url, map[string]string{"Authorization": "Bearer " + op}); r.status != 200 {
+		t.Fatalf("operator: %d %s", r.status, r.body)
+	}
+	if r := get(t, url, map[string]string{"Authorization": "Bearer " + wrong}); r.status != 401 {
+		t.Fatalf("wrong token: %d %s", r.status, r.body)
+	}
+	if r := get(t, url, map[string]string{"Authorization": "Basic dXNlcjpwYXNz"}); r.status != 401 {
+		t.Fatalf("basic: %d %s", r.status, r.body)
+	}
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(access)
+	if err != nil || len(b) == 0 {
+		t.Fatalf("access log: %v (%d bytes)", err, len(b))
+	}
+	d, _ := os.ReadFile(defaultLog)
+	for _, s := range []string{op, wrong} {
+		if strings.Contains(string(b), s) || strings.Contains(string(d), s) {
+			t.Errorf("a token reached the logs")
+		}
+	}
+	if !strings.Contains(string(b), "dXNlcjpwYXNz") {
+		t.Error("log_credentials on: Basic credentials should be logged as the operator asked (the headers were not logged?)")
+	}
+}
