@@ -82,13 +82,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionDefaults(); err != nil {
 		return err
 	}
-	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
-		if err := headerKept(srv, h.Header); err != nil {
-			return fmt.Errorf("api_key: %w", err)
-		}
-		if err := protectServerLogs(srv, h.header, h.bearer); err != nil {
-			return fmt.Errorf("api_key: %w", err)
-		}
+	srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if !ok {
+		// Without its server the logs could not be protected: fail closed.
+		return errors.New("api_key: provisioned outside an HTTP server")
+	}
+	if err := headerKept(srv, h.Header); err != nil {
+		return fmt.Errorf("api_key: %w", err)
+	}
+	if err := protectServerLogs(srv, h.header, h.bearer); err != nil {
+		return fmt.Errorf("api_key: %w", err)
 	}
 	if !h.strip && ctx.Logger(loggerOf("http.handlers.reverse_proxy")).Core().Enabled(zapcore.DebugLevel) {
 		return errors.New("api_key: strip_credentials off sends the key upstream, and reverse_proxy logs the " +
