@@ -213,7 +213,7 @@ func TestHandlerConfigErrors(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	cfg := func(level string) string {
+	cfg := func(level, site string) string {
 		return fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -227,17 +227,31 @@ func TestHandlerConfigErrors(t *testing.T) {
 }
 http://127.0.0.1:%[3]d {
 	bind 127.0.0.1
-	api_key {
-		strip_credentials off
+	%[4]s
+}`, dir, level, freePort(t), site)
 	}
-	reverse_proxy 127.0.0.1:9
-}`, dir, level, freePort(t))
-	}
-	if err := loadErr(t, cfg("DEBUG")); err == nil || !strings.Contains(err.Error(), "strip_credentials off") {
+	stripOff := "api_key {\n\t\tstrip_credentials off\n\t}\n\treverse_proxy 127.0.0.1:9"
+	if err := loadErr(t, cfg("DEBUG", stripOff)); err == nil || !strings.Contains(err.Error(), "strip_credentials off") {
 		t.Errorf("strip_credentials off with DEBUG logs: got %v", err)
 	}
-	if err := loadErr(t, cfg("INFO")); err != nil {
+	if err := loadErr(t, cfg("INFO", stripOff)); err != nil {
 		t.Errorf("strip_credentials off with INFO logs: %v", err)
+	}
+	// uri strip_prefix runs before api_key and logs the request (headers
+	// and all) at DEBUG when it changes it.
+	for _, site := range []string{
+		"uri strip_prefix /api\n\tapi_key\n\treverse_proxy 127.0.0.1:9",
+		"route {\n\t\trewrite * /v2{uri}\n\t\tapi_key\n\t\treverse_proxy 127.0.0.1:9\n\t}",
+	} {
+		if err := loadErr(t, cfg("DEBUG", site)); err == nil || !strings.Contains(err.Error(), "rewrite") {
+			t.Errorf("%q with DEBUG logs: got %v", site, err)
+		}
+		if err := loadErr(t, cfg("INFO", site)); err != nil {
+			t.Errorf("%q with INFO logs: %v", site, err)
+		}
+	}
+	if err := loadErr(t, cfg("DEBUG", "api_key\n\treverse_proxy 127.0.0.1:9")); err != nil {
+		t.Errorf("plain api_key with DEBUG logs: %v", err)
 	}
 }
 

@@ -14,7 +14,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/keygate/keygate/store"
 )
@@ -93,9 +92,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := protectServerLogs(srv, h.header, h.bearer); err != nil {
 		return fmt.Errorf("api_key: %w", err)
 	}
-	if !h.strip && ctx.Logger(loggerOf("http.handlers.reverse_proxy")).Core().Enabled(zapcore.DebugLevel) {
-		return errors.New("api_key: strip_credentials off sends the key upstream, and reverse_proxy logs the " +
-			"upstream request's headers at DEBUG: set the log level to INFO or above, or strip_credentials on")
+	if err := debugLogRefusal(ctx, srv, h.strip); err != nil {
+		return fmt.Errorf("api_key: %w", err)
 	}
 	return nil
 }

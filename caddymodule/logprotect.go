@@ -1,9 +1,11 @@
 package caddymodule
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"unsafe"
@@ -266,6 +268,75 @@ func secretAt(s string, k int) int {
 
 func isSecretByte(c byte) bool {
 	return c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+}
+
+// debugLogRefusal names what would write a key to a DEBUG log that
+// keygate cannot wrap: handlers log with their own loggers. reverse_proxy
+// and its fastcgi transport log the upstream-bound request (the key, with
+// strip_credentials off);
+// rewrite (also used by uri and try_files) logs the whole request when it
+// changes it, before api_key has stripped anything. Such a config is
+// refused while that module's logger is enabled at DEBUG. The rewrite rule
+// is per server, not per route order: a rewrite after api_key (which sees
+// the key stripped) is refused too, which errs on the safe side.
+func debugLogRefusal(ctx caddy.Context, srv *caddyhttp.Server, strip bool) error {
+	debug := func(module string) bool {
+		return ctx.Logger(loggerOf(module)).Core().Enabled(zapcore.DebugLevel)
+	}
+	if !strip && (debug("http.handlers.reverse_proxy") || debug("http.reverse_proxy.transport.fastcgi")) {
+		return errors.New("strip_credentials off sends the key upstream, and reverse_proxy (and its fastcgi " +
+			"transport) logs the upstream request's headers at DEBUG: set the log level to INFO or above, or " +
+			"strip_credentials on")
+	}
+	if serverHasHandler(srv, "rewrite") && debug("http.handlers.rewrite") {
+		return errors.New("this server rewrites requests (rewrite, uri or try_files), and the rewrite handler logs " +
+			"the whole request, key header included, at DEBUG: set the log level to INFO or above")
+	}
+	return nil
+}
+
+// handlerNameJSON matches a handler's name in raw route JSON.
+var handlerNameJSON = regexp.MustCompile(`"handler"\s*:\s*"([a-z0-9_.]+)"`)
+
+// serverHasHandler reports whether any route of srv (primary, error or
+// named) has a handler module of that name, at any depth. While the
+// server is being provisioned, routes already loaded have Handlers and
+// the others (including the one being loaded) still have HandlersRaw.
+func serverHasHandler(srv *caddyhttp.Server, name string) bool {
+	lists := []caddyhttp.RouteList{srv.Routes}
+	if srv.Errors != nil {
+		lists = append(lists, srv.Errors.Routes)
+	}
+	for _, rt := range srv.NamedRoutes {
+		lists = append(lists, caddyhttp.RouteList{*rt})
+	}
+	for _, l := range lists {
+		if routesHaveHandler(l, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func routesHaveHandler(routes caddyhttp.RouteList, name string) bool {
+	for _, rt := range routes {
+		for _, raw := range rt.HandlersRaw {
+			for _, m := range handlerNameJSON.FindAllSubmatch(raw, -1) {
+				if string(m[1]) == name {
+					return true
+				}
+			}
+		}
+		for _, h := range rt.Handlers {
+			if caddy.GetModuleName(h) == name {
+				return true
+			}
+			if sr, ok := h.(*caddyhttp.Subroute); ok && routesHaveHandler(sr.Routes, name) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // loggerOf names a module for ctx.Logger: the logger a module of that ID
