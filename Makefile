@@ -2,6 +2,8 @@
 GO      ?= go
 BIN     ?= bin/keygate
 DATA    ?= ./keygate-data
+# Caddy's admin endpoint (config API) is a unix socket only you may use.
+ADMIN_SOCKET ?= ./keygate-admin.sock
 export KEYGATE_OPERATOR_TOKEN ?= dev-operator-token
 
 .PHONY: build run test bench fmt lint
@@ -10,16 +12,18 @@ build:
 	$(GO) build -o $(BIN) ./cmd/keygate
 
 # Start the gateway on the embedded default: Pebble in $(DATA), a demo
-# upstream on :9000, the gateway on :8080 and the admin API on :8081.
+# upstream on :9000, the gateway on :8080 and the admin API on :8081 (all on
+# 127.0.0.1), Caddy's admin endpoint on the unix socket $(ADMIN_SOCKET) (0600).
 run: build
 	@mkdir -p $(DATA)
 	@echo "keygate: gateway http://127.0.0.1:8080  admin API http://127.0.0.1:8081  demo upstream :9000  storage $(DATA)"
+	@echo "Caddy admin endpoint: unix socket $(ADMIN_SOCKET) (mode 0600); reload with: KEYGATE_STORAGE=$(DATA) KEYGATE_ADMIN_SOCKET=$(ADMIN_SOCKET) $(BIN) reload --config Caddyfile.example --adapter caddyfile"
 	@echo "Next, in another shell (README.md, 'First key' and the walkthrough):"
 	@echo "  OP=$$KEYGATE_OPERATOR_TOKEN; API=http://127.0.0.1:8081"
 	@echo "  curl -s -X PATCH \$$API/v1/tenants/default/settings -H \"Authorization: Bearer \$$OP\" -d '{\"api_keys_enabled\": true}'"
 	@echo "  curl -s -X POST \$$API/v1/tenants/default/keys -H \"Authorization: Bearer \$$OP\" -d '{\"name\": \"my first key\", \"owner\": \"demo\"}'"
 	@echo "  curl -s http://127.0.0.1:8080/ -H \"X-API-Key: <the secret from the answer>\""
-	KEYGATE_STORAGE=$(DATA) $(BIN) run --config Caddyfile.example --adapter caddyfile
+	KEYGATE_STORAGE=$(DATA) KEYGATE_ADMIN_SOCKET=$(ADMIN_SOCKET) $(BIN) run --config Caddyfile.example --adapter caddyfile
 
 test:
 	$(GO) vet ./...

@@ -71,6 +71,13 @@ func (a *AdminHandler) Provision(ctx caddy.Context) error {
 	a.shared = appVal.(*App).shared
 	a.logger = ctx.Logger()
 	a.api = new(lazyAPI)
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		// Operator and user tokens arrive as Bearer: hidden from this
+		// server's logs even with log_credentials on.
+		if err := protectServerLogs(srv, "", true); err != nil {
+			return fmt.Errorf("api_key_admin: %w", err)
+		}
+	}
 	repl := caddy.NewReplacer()
 	for i, t := range a.OperatorTokens {
 		v := repl.ReplaceAll(t, "")

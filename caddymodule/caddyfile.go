@@ -117,6 +117,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	    bearer            on|off
 //	    strip_credentials on|off
 //	    allow_groups      <group...>
+//	    realm             <name>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -125,14 +126,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		switch opt := d.Val(); opt {
-		case "tenant", "header":
+		case "tenant", "header", "realm":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			if opt == "tenant" {
+			switch opt {
+			case "tenant":
 				h.Tenant = d.Val()
-			} else {
+			case "header":
 				h.Header = d.Val()
+			default:
+				if err := validRealm(d.Val()); err != nil {
+					return d.Errf("realm %q: %v", d.Val(), err)
+				}
+				h.Realm = d.Val()
 			}
 		case "bearer", "strip_credentials":
 			on, err := onOff(d)

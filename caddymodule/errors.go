@@ -12,10 +12,19 @@ import (
 // reject answers a denied request. When the server has handle_errors routes
 // it returns a caddyhttp.Error, so they can shape the answer (the code is in
 // the placeholder {http.auth.api_key.error}); otherwise it writes the spec's
-// JSON body itself. Headers set before (WWW-Authenticate, Retry-After) stay.
+// JSON body itself. Every 401 carries the WWW-Authenticate challenge (with
+// error="invalid_token" when a credential was presented); headers set before
+// (Retry-After) stay.
 func (h *Handler) reject(w http.ResponseWriter, r *http.Request, o outcome, status int, message string) error {
 	h.shared.outcomes.inc(o)
 	code := outcomeCodes[o]
+	if status == http.StatusUnauthorized {
+		if o == outcomeMissingKey {
+			w.Header().Set("WWW-Authenticate", h.challenge)
+		} else {
+			w.Header().Set("WWW-Authenticate", h.challengeInvalid)
+		}
+	}
 	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Errors != nil && len(srv.Errors.Routes) > 0 {
 		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 			repl.Set("http.auth.api_key.error", code)

@@ -55,7 +55,7 @@ func FuzzCredential(f *testing.F) {
 			return // Validate refuses this configuration
 		}
 		h := newCredentialHandler(t, header, !bearerOff)
-		secret, fromAuth := h.credential(credentialRequest(h.header, apiKey, authz))
+		secret, fromAuth := credentialOf(t, h, credentialRequest(h.header, apiKey, authz))
 
 		switch {
 		case strings.TrimSpace(apiKey) != "":
@@ -84,7 +84,7 @@ func FuzzCredential(f *testing.F) {
 		if h.bearer {
 			want := strings.TrimSpace(authz)
 			for _, scheme := range []string{"Bearer ", "bearer ", "BEARER ", "bEaReR ", "BeArEr  "} {
-				got, fa := h.credential(credentialRequest(h.header, "", scheme+authz))
+				got, fa := credentialOf(t, h, credentialRequest(h.header, "", scheme+authz))
 				if got != want || want != "" && !fa {
 					t.Fatalf("Authorization %q gives %q (from Authorization %v), want %q", scheme+authz, got, fa, want)
 				}
@@ -99,10 +99,10 @@ func FuzzCredential(f *testing.F) {
 		}
 		// The same secret is found in the other header too.
 		other := newCredentialHandler(t, header, true)
-		if got, fa := other.credential(credentialRequest(other.header, secret, "")); got != secret || fa {
+		if got, fa := credentialOf(t, other, credentialRequest(other.header, secret, "")); got != secret || fa {
 			t.Fatalf("%q in %s gives %q", secret, other.header, got)
 		}
-		if got, fa := other.credential(credentialRequest(other.header, "", "Bearer "+secret)); got != secret || !fa {
+		if got, fa := credentialOf(t, other, credentialRequest(other.header, "", "Bearer "+secret)); got != secret || !fa {
 			t.Fatalf("%q as bearer gives %q", secret, got)
 		}
 	})
@@ -116,6 +116,20 @@ func newCredentialHandler(t *testing.T, header string, bearer bool) *Handler {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// credentialOf is h.credentials for a request with at most one value per
+// source, as (secret, whether it came from Authorization).
+func credentialOf(t *testing.T, h *Handler, r *http.Request) (string, bool) {
+	t.Helper()
+	p := h.credentials(r)
+	if p.duplicate {
+		t.Fatalf("one value per source reported as a duplicate: %v", r.Header)
+	}
+	if p.any != (p.secret != "") {
+		t.Fatalf("credential presented %v but secret %q", p.any, p.secret)
+	}
+	return p.secret, p.bearer && strings.TrimSpace(r.Header.Get(h.header)) == ""
 }
 
 // credentialRequest carries the values as received (set in the header map

@@ -36,10 +36,16 @@ type Handler struct {
 	// Bearer also reads "Authorization: Bearer <key>". Default true.
 	Bearer *bool `json:"bearer,omitempty"`
 
-	// StripCredentials removes the header that carried the key before the
-	// request goes upstream, so the upstream never sees the secret.
-	// Default true.
+	// StripCredentials removes every credential source that carried a
+	// keygate credential (the key header, and Authorization when it has the
+	// Bearer scheme) before the request goes upstream, so the upstream never
+	// sees a secret. An Authorization header with another scheme (Basic…)
+	// is not keygate's and is left for the upstream. Default true.
 	StripCredentials *bool `json:"strip_credentials,omitempty"`
+
+	// Realm is the realm of the WWW-Authenticate challenge on every 401.
+	// Printable ASCII without quotes or backslashes. Default "keygate".
+	Realm string `json:"realm,omitempty"`
 
 	// AllowGroups, when set, admits only keys of these groups on this route.
 	AllowGroups []string `json:"allow_groups,omitempty"`
@@ -48,8 +54,11 @@ type Handler struct {
 	header string // canonical form of Header
 	bearer bool
 	strip  bool
-	now    func() time.Time
-	logger *zap.Logger
+	// challenge and challengeInvalid are the WWW-Authenticate values of a
+	// 401 without and with a presented credential.
+	challenge, challengeInvalid string
+	now                         func() time.Time
+	logger                      *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -69,7 +78,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.shared = appVal.(*App).shared
 	h.logger = ctx.Logger()
-	return h.provisionDefaults()
+	if err := h.provisionDefaults(); err != nil {
+		return err
+	}
+	srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if !ok {
+		// Without its server the logs could not be protected: fail closed.
+		return errors.New("api_key: provisioned outside an HTTP server")
+	}
+	if err := headerKept(srv, h.Header); err != nil {
+		return fmt.Errorf("api_key: %w", err)
+	}
+	if err := protectServerLogs(srv, h.header, h.bearer); err != nil {
+		return fmt.Errorf("api_key: %w", err)
+	}
+	if err := debugLogRefusal(ctx, srv, h.strip); err != nil {
+		return fmt.Errorf("api_key: %w", err)
+	}
+	return nil
 }
 
 func (h *Handler) provisionDefaults() error {
@@ -82,6 +108,11 @@ func (h *Handler) provisionDefaults() error {
 	h.header = http.CanonicalHeaderKey(h.Header)
 	h.bearer = h.Bearer == nil || *h.Bearer
 	h.strip = h.StripCredentials == nil || *h.StripCredentials
+	if h.Realm == "" {
+		h.Realm = "keygate"
+	}
+	h.challenge = `Bearer realm="` + h.Realm + `"`
+	h.challengeInvalid = h.challenge + `, error="invalid_token"`
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -98,27 +129,34 @@ func (h *Handler) Validate() error {
 			return errors.New("api_key: allow_groups has an empty group name")
 		}
 	}
+	if err := validRealm(h.Realm); err != nil {
+		return fmt.Errorf("api_key: realm %q: %w", h.Realm, err)
+	}
 	return nil
 }
 
-// credential returns the presented secret and whether it came from the
-// Authorization header.
-func (h *Handler) credential(r *http.Request) (string, bool) {
-	if v := strings.TrimSpace(r.Header.Get(h.header)); v != "" {
-		return v, false
+// validRealm accepts what can sit inside the quoted realm of a
+// WWW-Authenticate challenge without escaping: printable ASCII, no quote,
+// no backslash.
+func validRealm(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
 	}
-	if h.bearer {
-		if v := r.Header.Get("Authorization"); len(v) > 7 && strings.EqualFold(v[:7], "Bearer ") {
-			return strings.TrimSpace(v[7:]), true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return errors.New("only printable ASCII without quotes or backslashes")
 		}
 	}
-	return "", false
+	return nil
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	secret, fromAuthorization := h.credential(r)
+	cred := h.credentials(r)
+	if cred.duplicate {
+		return h.reject(w, r, outcomeInvalidKey, http.StatusUnauthorized, "a credential source was sent more than once")
+	}
+	secret := cred.secret
 	if secret == "" {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="keygate"`)
 		return h.reject(w, r, outcomeMissingKey, http.StatusUnauthorized, "an API key is required (X-API-Key or Authorization: Bearer)")
 	}
 	if len(secret) > store.MaxSecretLen {
@@ -180,13 +218,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Map(placeholdersOf(view))
 	if h.strip {
-		// Both names are canonical already: delete skips Del's re-canonicalizing.
-		if fromAuthorization {
-			delete(r.Header, "Authorization")
-		} else {
+		// Every source that carried a credential, not only the one that
+		// admitted: with X-API-Key K1 and Bearer K2 the upstream sees
+		// neither. Names are canonical already: delete skips Del's
+		// re-canonicalizing.
+		if cred.header {
 			delete(r.Header, h.header)
 		}
+		if cred.bearer {
+			delete(r.Header, authorization)
+		}
 	}
+	h.stripIdentity(r.Header)
 	st.RecordUse(view, ip, store.OutcomeOK, now)
 	h.shared.outcomes.inc(outcomeOK)
 	return next.ServeHTTP(w, r)
