@@ -296,12 +296,15 @@ func newPathView(p string, maxSegs int, buf []uint16) pathView {
 	v := pathView{p: p, nseg: strings.Count(p, "/")}
 	if v.nseg <= maxSegs {
 		v.ends = buf[:0]
-		for i := 1; i < len(p); i++ {
-			if p[i] == '/' {
-				v.ends = append(v.ends, uint16(i))
+		for i := 1; ; {
+			j := strings.IndexByte(p[i:], '/')
+			if j < 0 {
+				v.ends = append(v.ends, uint16(len(p)))
+				break
 			}
+			v.ends = append(v.ends, uint16(i+j))
+			i += j + 1
 		}
-		v.ends = append(v.ends, uint16(len(p)))
 	}
 	return v
 }

@@ -387,3 +387,34 @@ func BenchmarkIssueCase(b *testing.B) {
 		}
 	})
 }
+
+// FuzzReadPaths: readPaths never panics, and what it accepts has no
+// segment an upstream could read as "..".
+func FuzzReadPaths(f *testing.F) {
+	for _, s := range []string{"/orders/1", "/orders/..;/admin", "/a%2Fb/%2e", `/a\b;c/`, "//x/./y", "/%252e", "/%zz", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, escaped string) {
+		lit, norm, ok := readPaths(escaped)
+		if !ok {
+			return
+		}
+		for _, v := range []string{lit, norm} {
+			if !strings.HasPrefix(v, "/") {
+				t.Fatalf("%q: reading %q", escaped, v)
+			}
+		}
+		if strings.ContainsAny(norm, `\;`) || strings.Contains(norm, "//") {
+			t.Fatalf("%q: normal reading %q", escaped, norm)
+		}
+		for seg := range strings.SplitSeq(strings.NewReplacer(`\`, "/", "%2F", "/").Replace(lit), "/") {
+			seg, _, _ = strings.Cut(seg, ";")
+			if seg == ".." || strings.EqualFold(seg, "%2e%2e") {
+				t.Fatalf("%q: accepted with a dot-dot segment in %q", escaped, lit)
+			}
+		}
+		if c := path.Clean(norm); c != strings.TrimSuffix(norm, "/") && c != norm {
+			t.Fatalf("%q: normal reading %q is not clean (%q)", escaped, norm, c)
+		}
+	})
+}
