@@ -6,7 +6,6 @@ import (
 	"math"
 	"net/http"
 	"net/netip"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -257,11 +256,8 @@ func (h *Handler) groupFor(st *store.Store, view *store.KeyView, r *http.Request
 	if g == nil {
 		return nil, false // the group vanished: fail closed
 	}
-	p := r.URL.Path
-	if p == "" {
-		p = "/"
-	}
-	return g, g.Allows(r.Method, path.Clean(p))
+	// The escaped path is what reverse_proxy writes on the request line.
+	return g, g.Allows(r.Method, r.URL.EscapedPath())
 }
 
 // clientIP is Caddy's client_ip (which honours trusted_proxies), unmapped.

@@ -3,9 +3,9 @@ package store
 import (
 	"fmt"
 	"net/http"
-	"path"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // GroupInput creates or replaces a group.
@@ -24,26 +24,27 @@ var httpMethods = map[string]bool{
 func checkGroup(f fieldErrors, in *GroupInput) {
 	checkText(f, "description", in.Description, 0, DescriptionMax)
 	if len(in.Rules) > RulesMax {
-		f.add("rules", fmt.Sprintf("at most %d rules", RulesMax))
+		f.add("rules", fmt.Sprintf("at most %d rules (got %d)", RulesMax, len(in.Rules)))
+		in.Rules = nil // nothing more to check
 	}
 	for i, r := range in.Rules {
-		if len(r.Methods) > GroupRuleEntryMax || len(r.Paths) > GroupRuleEntryMax {
-			f.add(fmt.Sprintf("rules[%d]", i), fmt.Sprintf("at most %d methods and %d paths", GroupRuleEntryMax, GroupRuleEntryMax))
+		if len(r.Methods) > GroupRuleEntryMax {
+			f.add(fmt.Sprintf("rules[%d].methods", i), fmt.Sprintf("at most %d methods (got %d)", GroupRuleEntryMax, len(r.Methods)))
+		} else {
+			for j, m := range r.Methods {
+				if !httpMethods[strings.ToUpper(m)] {
+					f.add(fmt.Sprintf("rules[%d].methods[%d]", i, j), fmt.Sprintf("%q is not an HTTP method", truncate(m, 32)))
+				}
+				in.Rules[i].Methods[j] = strings.ToUpper(m)
+			}
+		}
+		if len(r.Paths) > GroupRuleEntryMax {
+			f.add(fmt.Sprintf("rules[%d].paths", i), fmt.Sprintf("at most %d paths (got %d)", GroupRuleEntryMax, len(r.Paths)))
 			continue
 		}
-		for j, m := range r.Methods {
-			if !httpMethods[strings.ToUpper(m)] {
-				f.add(fmt.Sprintf("rules[%d].methods[%d]", i, j), fmt.Sprintf("%q is not an HTTP method", truncate(m, 32)))
-			}
-			in.Rules[i].Methods[j] = strings.ToUpper(m)
-		}
 		for j, p := range r.Paths {
-			if !strings.HasPrefix(p, "/") || len(p) > 1024 {
-				f.add(fmt.Sprintf("rules[%d].paths[%d]", i, j), "must start with / and be at most 1024 bytes")
-				continue
-			}
-			if _, err := path.Match(p, "/"); err != nil {
-				f.add(fmt.Sprintf("rules[%d].paths[%d]", i, j), "is not a valid pattern")
+			if problem := checkPathPattern(p); problem != "" {
+				f.add(fmt.Sprintf("rules[%d].paths[%d]", i, j), problem)
 			}
 		}
 	}
@@ -55,6 +56,44 @@ func checkGroup(f fieldErrors, in *GroupInput) {
 			f.add("rate_limit.burst", fmt.Sprintf("must be 1–%d", maxBurst))
 		}
 	}
+}
+
+// checkPathPattern returns what is wrong with a group path pattern, or "".
+// Patterns are written decoded and match the readings of pathmatch.go, so
+// whatever could never match one of them is refused here rather than
+// silently never matching.
+func checkPathPattern(p string) string {
+	switch {
+	case !utf8.ValidString(p):
+		return "must be valid UTF-8"
+	case !strings.HasPrefix(p, "/"):
+		return "must start with /"
+	case utf8.RuneCountInString(p) > PathPatternMax:
+		return fmt.Sprintf("must be at most %d characters (got %d)", PathPatternMax, utf8.RuneCountInString(p))
+	case strings.ContainsAny(p, unsupportedPatternChars):
+		return `"?", "[" and "\" are not supported: "*" matches within one segment, a trailing "*" matches a prefix`
+	case strings.Contains(p, ";"):
+		return `must not contain ";" (request paths are matched without their ;parameters)`
+	case strings.Contains(p, "%"):
+		return `must not contain "%": write the path decoded ("/café", not "/caf%C3%A9")`
+	}
+	for _, r := range p {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return "must not contain control characters"
+		}
+	}
+	segs := strings.Split(p[1:], "/")
+	for i, s := range segs {
+		switch {
+		case s == "." || s == "..":
+			return `must not contain "." or ".." segments`
+		case s == "" && i < len(segs)-1:
+			return `must not contain "//"`
+		case strings.Count(s, "*") > 1:
+			return `at most one "*" per segment ("/v*/items/*", "/files/*.csv")`
+		}
+	}
+	return ""
 }
 
 // PutGroup creates or replaces a group. Keys of the group see the change on
@@ -173,6 +212,10 @@ type GroupView struct {
 	Name      string
 	RateLimit *RateLimit
 	rules     []compiledRule
+	maxSegs   int // most segments of a glob pattern
+	// unsupported counts stored path patterns that use syntax no longer
+	// accepted ("?", "[...]", "\"); they match nothing.
+	unsupported int
 }
 
 type compiledRule struct {
@@ -180,39 +223,65 @@ type compiledRule struct {
 	paths   []pathPattern
 }
 
-// pathPattern: a trailing "*" is a prefix match (as in Caddy's path
-// matcher, "/orders/*" matches "/orders/1/items"); anything else is
-// path.Match, where "*" stays within one segment.
-type pathPattern struct {
-	prefix string
-	glob   string
-}
-
 func compileGroup(g *Group) *GroupView {
 	v := &GroupView{Name: g.Name, RateLimit: g.RateLimit}
 	for _, r := range g.Rules {
 		cr := compiledRule{methods: r.Methods}
 		for _, p := range r.Paths {
-			if strings.HasSuffix(p, "*") && !strings.ContainsAny(p[:len(p)-1], "*?[\\") {
-				cr.paths = append(cr.paths, pathPattern{prefix: p[:len(p)-1]})
-			} else {
-				cr.paths = append(cr.paths, pathPattern{glob: p})
+			pp := compilePattern(p)
+			if pp.kind == never {
+				v.unsupported++
 			}
+			v.maxSegs = max(v.maxSegs, pp.nsegs)
+			cr.paths = append(cr.paths, pp)
 		}
 		v.rules = append(v.rules, cr)
 	}
 	return v
 }
 
-// Allows reports whether a request with the method and (cleaned) path is
-// allowed by the group's rules. No rules allow everything.
+// Allows reports whether a request is allowed by the group's rules. No
+// rules allow everything. reqPath is the path as the upstream will receive
+// it: the escaped path (url.URL.EscapedPath), not the decoded one; see
+// pathmatch.go for how it is read.
 func (g *GroupView) Allows(method, reqPath string) bool {
 	if len(g.rules) == 0 {
 		return true
 	}
-	for _, r := range g.rules {
-		if r.matchMethod(method) && r.matchPath(reqPath) {
+	var (
+		read            bool
+		ok              bool
+		literal, normal pathView
+		litBuf, normBuf [PathPatternMax/2 + 1]uint16
+	)
+	for i := range g.rules {
+		r := &g.rules[i]
+		if !r.matchMethod(method) {
+			continue
+		}
+		if len(r.paths) == 0 {
 			return true
+		}
+		if !read {
+			read = true
+			var lit, norm string
+			if lit, norm, ok = readPaths(reqPath); ok {
+				normal = newPathView(norm, g.maxSegs, normBuf[:])
+				if lit == norm {
+					literal = normal
+				} else {
+					literal = newPathView(lit, g.maxSegs, litBuf[:])
+				}
+			}
+		}
+		if !ok {
+			continue
+		}
+		for j := range r.paths {
+			pp := &r.paths[j]
+			if pp.match(&normal) && pp.match(&literal) {
+				return true
+			}
 		}
 	}
 	return false
@@ -224,22 +293,6 @@ func (r *compiledRule) matchMethod(m string) bool {
 	}
 	for _, want := range r.methods {
 		if want == m {
-			return true
-		}
-	}
-	return false
-}
-
-func (r *compiledRule) matchPath(p string) bool {
-	if len(r.paths) == 0 {
-		return true
-	}
-	for _, pp := range r.paths {
-		if pp.glob == "" {
-			if strings.HasPrefix(p, pp.prefix) {
-				return true
-			}
-		} else if ok, _ := path.Match(pp.glob, p); ok {
 			return true
 		}
 	}

@@ -311,7 +311,12 @@ func (s *Store) reloadHot() error {
 		if decodeErr = jsonUnmarshal(v, &g); decodeErr != nil {
 			return false
 		}
-		st.groups[groupKey{g.Tenant, g.Name}] = compileGroup(&g)
+		gv := compileGroup(&g)
+		if gv.unsupported > 0 {
+			s.log.Errorf("group %q of tenant %q: %d path pattern(s) use \"?\", \"[\" or \"\\\" (no longer supported) and match nothing; rewrite them with \"*\"",
+				g.Name, g.Tenant, gv.unsupported)
+		}
+		st.groups[groupKey{g.Tenant, g.Name}] = gv
 		return true
 	})
 	if err == nil {

@@ -18,8 +18,9 @@ const (
 	MaxKeysPerUserMin  = 1
 	MaxKeysPerUserMax  = 1000
 	AllowlistMax       = 1000
-	RulesMax           = 100
-	GroupRuleEntryMax  = 100
+	RulesMax           = 64  // rules of a group
+	GroupRuleEntryMax  = 64  // methods, and paths, of a rule
+	PathPatternMax     = 256 // characters of a group path pattern
 	TokenNameMax       = 200
 	TenantNameMax      = 200
 	maxBulkRevoke      = 1000

@@ -406,7 +406,7 @@ func TestGroupValidation(t *testing.T) {
 		{"zero burst", "g", GroupInput{RateLimit: &RateLimit{RequestsPerSecond: 1, Burst: 0}}, []string{"rate_limit.burst"}},
 		{"huge burst", "g", GroupInput{RateLimit: &RateLimit{RequestsPerSecond: 1, Burst: maxBurst + 1}}, []string{"rate_limit.burst"}},
 		{"long description", "g", GroupInput{Description: strings.Repeat("d", 1001)}, []string{"description"}},
-		{"ok", "g", GroupInput{Description: "orders", Rules: []Rule{{Methods: []string{"get", "POST"}, Paths: []string{"/orders/*", "/items/?"}}},
+		{"ok", "g", GroupInput{Description: "orders", Rules: []Rule{{Methods: []string{"get", "POST"}, Paths: []string{"/orders/*", "/items/*/price"}}},
 			RateLimit: &RateLimit{RequestsPerSecond: 0.5, Burst: maxBurst}}, nil},
 	}
 	for _, c := range cases {
