@@ -99,6 +99,10 @@ http://127.0.0.1:%[3]d {
 		`keygate_requests_total{outcome="missing_key"} 1`,
 		`keygate_cache_hits_total`,
 		`keygate_usage_flushes_total`,
+		`keygate_store_writes_refused_total 0`,
+		`keygate_usage_dropped_total 0`,
+		`keygate_usage_flush_failures_total 0`,
+		`keygate_store_failed 0`,
 	} {
 		if !strings.Contains(string(m.body), want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -56,6 +56,18 @@ type App struct {
 	// invalidates every existing key.
 	Pepper string `json:"pepper,omitempty"`
 
+	// DiskReserve is the free space, in bytes, that the store keeps on its
+	// filesystem. Every write first checks the free space (statfs); below
+	// the reserve, admin writes answer 507 insufficient_storage and
+	// last-used/usage data stay in memory (bounded) while the gateway goes
+	// on verifying keys; everything resumes once space is freed. A start
+	// with less free space than the reserve fails. The reserve is the room
+	// Pebble needs to finish its flushes and compactions once writes stop:
+	// keep it at least 64 MiB and about a quarter of the store's size.
+	// Default 256 MiB (268435456); -1 disables the check (Pebble then
+	// meets a full disk itself: writes fail until keygate is restarted).
+	DiskReserve int64 `json:"disk_reserve,omitempty"`
+
 	path   string
 	shared *shared
 	logger *zap.Logger
@@ -93,6 +105,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		FlushInterval:   time.Duration(a.FlushInterval),
 		Logger:          zapLogger{},
 		Decorate:        decorate,
+		DiskReserve:     a.DiskReserve,
 	}
 	if p := repl.ReplaceAll(a.Pepper, ""); p != "" {
 		opts.Pepper = []byte(p)
@@ -110,6 +123,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 			zap.String("storage", path))
 	}
 	registerMetrics(ctx, a.shared)
+	return nil
+}
+
+// Validate checks the options Provision does not.
+func (a *App) Validate() error {
+	if a.DiskReserve < -1 {
+		return fmt.Errorf("api_keys disk_reserve: want a size in bytes, or -1 to disable the check; got %d", a.DiskReserve)
+	}
 	return nil
 }
 
@@ -172,7 +193,8 @@ func newShared(opts store.Options) *shared {
 func (s *shared) sameOptions(o store.Options) bool {
 	a, b := s.opts, o
 	return a.BlockCache == b.BlockCache && a.CacheEntries == b.CacheEntries && a.NegativeEntries == b.NegativeEntries &&
-		a.NegativeTTL == b.NegativeTTL && a.FlushInterval == b.FlushInterval && string(a.Pepper) == string(b.Pepper)
+		a.NegativeTTL == b.NegativeTTL && a.FlushInterval == b.FlushInterval && string(a.Pepper) == string(b.Pepper) &&
+		a.DiskReserve == b.DiskReserve
 }
 
 var errNotOpen = errors.New("api key store is not open")
@@ -230,6 +252,7 @@ func (zapLogger) Errorf(format string, args ...any) {
 var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 	_ caddy.Destructor   = (*shared)(nil)
 )

@@ -172,7 +172,7 @@ func openPebbleConfig(cfg pebbleConfig) (*pebbleKV, error) {
 	kv := &pebbleKV{merge: cfg.Merge, closeWait: defaultCloseWait, log: cfg.Logger}
 	kv.disk = newDiskGuard(fs, dir, cfg.DiskReserve, cfg.Logger)
 	if err := kv.disk.checkOpen(); err != nil {
-		return nil, fmt.Errorf("open pebble at %s: %w", dir, err)
+		return nil, err // names dir already
 	}
 	plog := &pebbleLogger{l: cfg.Logger, kv: kv, throttle: newLogThrottle(cfg.Now, pebbleLogPeriod)}
 	opts := &pebble.Options{Logger: plog, FS: fs, EventListener: &pebble.EventListener{
