@@ -300,7 +300,7 @@ var callFrame = reflect.TypeOf(pebbleKV{}).PkgPath() + ".(*pebbleKV).call"
 // guarded reports whether the current goroutine runs inside call, whose
 // recover will catch a panic.
 func guarded() bool {
-	pcs := make([]uintptr, 64)
+	pcs := make([]uintptr, 256)
 	n := runtime.Callers(2, pcs)
 	frames := runtime.CallersFrames(pcs[:n])
 	for {
