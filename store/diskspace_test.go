@@ -401,3 +401,45 @@ func TestPebbleLogThrottled(t *testing.T) {
 		t.Fatalf("logged %q", got)
 	}
 }
+
+// TestOpenRecoveryENOSPC: pebble.Open flushes the memtables it recovers
+// from the WAL and retries a failed flush forever. On a full disk (the
+// reserve check off, or the reserve too small for the flush) Open fails
+// with an error instead of never returning. (The abandoned Open goes on
+// retrying its flush every backgroundBackoff in this test binary: a server
+// exits when its start fails.)
+func TestOpenRecoveryENOSPC(t *testing.T) {
+	tog := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if strings.HasSuffix(op.Path, ".sst") && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
+			return syscall.ENOSPC
+		}
+		return nil
+	})}
+	fs := errorfs.Wrap(vfs.NewMem(), tog)
+	clk := newClock()
+	s, err := Open(Options{Dir: "db", FS: fs, FlushInterval: -1, Now: clk.Now})
+	mustNil(t, err)
+	enable(t, s, DefaultTenant)
+	mustKey(t, s, DefaultTenant, "alice", KeyInput{}) // in the WAL, not in an sstable
+	mustNil(t, s.Close())
+
+	tog.On()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		s, err := Open(Options{Dir: "db", FS: fs, FlushInterval: -1, Now: clk.Now})
+		if err == nil {
+			_ = s.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "recovered from the WAL") || !strings.Contains(err.Error(), "no space left on device") {
+			t.Fatalf("Open on a full disk: %v", err)
+		}
+		t.Logf("Open failed in %v: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Open on a full disk did not return within 10 s")
+	}
+}

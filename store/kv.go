@@ -123,6 +123,9 @@ type pebbleKV struct {
 	disk    *diskGuard // nil: no free-space check
 	log     Logger
 	failure atomic.Pointer[kvFailure]
+
+	opened     atomic.Bool // pebble.Open has returned
+	openFailed chan error  // a flush failed with ENOSPC during pebble.Open
 }
 
 // kvFailure is the first fatal error Pebble reported.
@@ -200,17 +203,56 @@ func openPebbleConfig(cfg pebbleConfig) (*pebbleKV, error) {
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
-	var db *pebble.DB
-	err = kv.call(func() error {
-		var err error
-		db, err = pebble.Open(dir, opts)
-		return err
-	})
+	db, err := kv.open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open pebble at %s: %w", dir, err)
 	}
 	kv.db = db
 	return kv, nil
+}
+
+// open runs pebble.Open, which flushes the memtables recovered from the WAL
+// before it returns and retries a failed flush forever: on a full disk it
+// would never return, and the server would neither serve nor stop. A flush
+// failing with ENOSPC during the open (backgroundError reports it on
+// openFailed) therefore ends the wait with an error; the abandoned Open
+// closes its DB should it ever finish.
+func (p *pebbleKV) open(dir string, opts *pebble.Options) (*pebble.DB, error) {
+	type result struct {
+		db  *pebble.DB
+		err error
+	}
+	p.openFailed = make(chan error, 1)
+	done := make(chan result, 1)
+	var abandoned atomic.Bool
+	go func() {
+		var db *pebble.DB
+		err := p.call(func() error {
+			var err error
+			db, err = pebble.Open(dir, opts)
+			return err
+		})
+		if err == nil && abandoned.Load() {
+			_ = p.call(db.Close)
+			return
+		}
+		done <- result{db, err}
+	}()
+	select {
+	case r := <-done:
+		p.opened.Store(true)
+		return r.db, r.err
+	case err := <-p.openFailed:
+		abandoned.Store(true)
+		select { // it may have finished meanwhile
+		case r := <-done:
+			if r.err == nil {
+				_ = p.call(r.db.Close)
+			}
+		default:
+		}
+		return nil, fmt.Errorf("writing the data recovered from the WAL failed: %w: free some space and start again", err)
+	}
 }
 
 // storeMerger returns the merger name recorded in an existing store's
@@ -569,7 +611,7 @@ const pebbleLogPeriod = 10 * time.Second
 // backgroundBackoff slows Pebble's retries of a flush or compaction that
 // failed for lack of disk space: Pebble retries at once, which on a full
 // disk is a busy loop (a core and thousands of log lines a second).
-var backgroundBackoff = 500 * time.Millisecond
+const backgroundBackoff = 500 * time.Millisecond
 
 // pebbleLogger adapts Logger to Pebble's. Pebble's default Fatalf calls
 // os.Exit, which would take the whole gateway down (PITFALLS 10). Ours
@@ -619,6 +661,12 @@ func (p *pebbleLogger) Fatalf(format string, args ...any) {
 func (p *pebbleLogger) backgroundError(err error) {
 	p.Errorf("pebble: background error: %s", err)
 	if errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), syscall.ENOSPC.Error()) {
+		if p.kv != nil && !p.kv.opened.Load() {
+			select {
+			case p.kv.openFailed <- err:
+			default:
+			}
+		}
 		time.Sleep(backgroundBackoff)
 	}
 }

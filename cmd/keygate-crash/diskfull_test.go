@@ -220,7 +220,9 @@ func freeBytes(t *testing.T, path string) uint64 {
 // and it calls Fatalf. That is contained: the write answers 507, later
 // writes too (at once, without hanging: Pebble's commit pipeline is wedged),
 // the gateway keeps admitting keys, the process stays up and stops at once
-// on SIGTERM; a restart with space freed recovers every acknowledged write.
+// on SIGTERM; a start on the still full disk fails (Pebble cannot flush what
+// it recovers from the WAL); a restart with space freed recovers every
+// acknowledged write.
 func TestDiskFullWithoutReserve(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the keygate binary; skipped with -short")
@@ -281,6 +283,25 @@ func TestDiskFullWithoutReserve(t *testing.T) {
 		t.Fatalf("keygate did not exit within 15 s of SIGTERM after Pebble's fatal error; log:\n%s", p.logTail(20))
 	}
 	t.Logf("%d writes acknowledged, then refused; SIGTERM: exited in %v", acked, time.Since(start).Round(time.Millisecond))
+
+	// Without the check a start on the full disk gets as far as Pebble,
+	// which cannot write what it recovers from the WAL: the start fails
+	// instead of retrying forever (never listening, deaf to SIGTERM).
+	start = time.Now()
+	p1, err := s.start(keygateBinary(t), "fullstart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p1.done:
+	case <-time.After(15 * time.Second):
+		p1.kill()
+		t.Fatalf("a start on the full disk did not end within 15 s; log:\n%s", p1.logTail(20))
+	}
+	if p1.waitErr == nil || !logHas(p1, "recovered from the WAL failed") {
+		t.Errorf("a start on the full disk: %v; log:\n%s", p1.waitErr, p1.logTail(10))
+	}
+	t.Logf("start on the full disk without the check: failed in %v", time.Since(start).Round(time.Millisecond))
 
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
