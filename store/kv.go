@@ -128,12 +128,9 @@ type pebbleKV struct {
 	openFailed chan error  // a flush failed with ENOSPC during pebble.Open
 }
 
-// kvFailure is the first fatal error Pebble reported.
-type kvFailure struct {
-	msg    string
-	nospc  bool // out of disk space
-	broken error
-}
+// kvFailure is the first fatal error Pebble reported, as writes get it:
+// insufficient_storage when it was ENOSPC, ErrUnavailable otherwise.
+type kvFailure struct{ broken error }
 
 // defaultCloseWait bounds Close: operations still running and Pebble's own
 // Close each get at most this long, so a stop (SIGTERM) always ends.
@@ -359,8 +356,8 @@ func guarded() bool {
 // fail records Pebble's first fatal error and returns the error writes get
 // from now on.
 func (p *pebbleKV) fail(msg string) error {
-	f := &kvFailure{msg: msg, nospc: strings.Contains(msg, syscall.ENOSPC.Error())}
-	if f.nospc {
+	f := &kvFailure{}
+	if strings.Contains(msg, syscall.ENOSPC.Error()) {
 		f.broken = &Error{Kind: KindInsufficientStorage, Code: "insufficient_storage",
 			Message: "the key store ran out of disk space: changes are refused until keygate is restarted with space freed (reads keep working)"}
 	} else {
