@@ -34,7 +34,8 @@ type errorDetail struct {
 }
 
 // Error codes of the admin API besides the store's own ("invalid",
-// "not_found", "conflict", "key_limit_reached", "api_keys_disabled").
+// "not_found", "conflict", "key_limit_reached", "api_keys_disabled",
+// "insufficient_storage").
 const (
 	codeUnauthorized     = "unauthorized"
 	codeForbidden        = "forbidden"
@@ -106,6 +107,9 @@ var statusOfKind = map[store.Kind]int{
 	store.KindLimit:        http.StatusConflict,
 	store.KindDisabled:     http.StatusForbidden,
 	store.KindUnauthorized: http.StatusUnauthorized,
+	// The store's disk is full: the change was refused before it was made
+	// (code "insufficient_storage"); it succeeds once space is freed.
+	store.KindInsufficientStorage: http.StatusInsufficientStorage,
 }
 
 // asAPIError turns any error into the answer to send. Storage failures and

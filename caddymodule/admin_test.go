@@ -153,6 +153,10 @@ http://127.0.0.1:%[3]d {
 		`keygate_usage_flushes_total`,
 		"keygate_admin_auth_failures_total 10\n",
 		"keygate_admin_auth_throttled_total 1\n",
+		`keygate_store_writes_refused_total 0`,
+		`keygate_usage_dropped_total 0`,
+		`keygate_usage_flush_failures_total 0`,
+		`keygate_store_failed 0`,
 	} {
 		if !strings.Contains(string(m.body), want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -61,6 +61,18 @@ type App struct {
 	// invalidates every existing key.
 	Pepper string `json:"pepper,omitempty"`
 
+	// DiskReserve is the free space, in bytes, that the store keeps on its
+	// filesystem. Every write first checks the free space (statfs); below
+	// the reserve, admin writes answer 507 insufficient_storage and
+	// last-used/usage data stay in memory (bounded) while the gateway goes
+	// on verifying keys; everything resumes once space is freed. A start
+	// with less free space than the reserve fails. The reserve is the room
+	// Pebble needs to finish its flushes and compactions once writes stop:
+	// keep it at least 64 MiB and about a quarter of the store's size.
+	// Default 256 MiB (268435456); -1 disables the check (Pebble then
+	// meets a full disk itself: writes fail until keygate is restarted).
+	DiskReserve int64 `json:"disk_reserve,omitempty"`
+
 	path   string
 	shared *shared
 	logger *zap.Logger
@@ -99,6 +111,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		EventRetention:  time.Duration(a.EventRetention),
 		Logger:          zapLogger{},
 		Decorate:        decorate,
+		DiskReserve:     a.DiskReserve,
 	}
 	if p := repl.ReplaceAll(a.Pepper, ""); p != "" {
 		opts.Pepper = []byte(p)
@@ -137,6 +150,8 @@ func (a *App) Validate() error {
 	case a.EventRetention > 0 && time.Duration(a.EventRetention) < store.MinEventRetention:
 		return fmt.Errorf("api_keys: event_retention must be at least %s (or negative: keep forever), got %s",
 			store.Duration(store.MinEventRetention), time.Duration(a.EventRetention))
+	case a.DiskReserve < -1:
+		return fmt.Errorf("api_keys: disk_reserve must be a size in bytes, or -1 to disable the check; got %d", a.DiskReserve)
 	}
 	return nil
 }
@@ -201,7 +216,7 @@ func (s *shared) sameOptions(o store.Options) bool {
 	a, b := s.opts, o
 	return a.BlockCache == b.BlockCache && a.CacheEntries == b.CacheEntries && a.NegativeEntries == b.NegativeEntries &&
 		a.NegativeTTL == b.NegativeTTL && a.FlushInterval == b.FlushInterval && string(a.Pepper) == string(b.Pepper) &&
-		a.EventRetention == b.EventRetention
+		a.EventRetention == b.EventRetention && a.DiskReserve == b.DiskReserve
 }
 
 // open opens the store once; later calls return it.

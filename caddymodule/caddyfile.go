@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -8,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 
 	"github.com/keygate/keygate/store"
 )
@@ -31,6 +33,7 @@ func init() {
 //	    flush_interval <duration>
 //	    event_retention <duration>|off
 //	    pepper         <secret>
+//	    disk_reserve   <size>|off   # e.g. 256MiB, 1GB; default 256MiB
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
@@ -73,6 +76,16 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				a.NegativeCacheEntries = n
 			}
+		case "disk_reserve":
+			if val == "off" {
+				a.DiskReserve = -1
+				break
+			}
+			n, err := humanize.ParseBytes(val)
+			if err != nil || n == 0 || n > math.MaxInt64 {
+				return d.Errf("disk_reserve: want a size such as 256MiB or 1GB, or off; got %q", val)
+			}
+			a.DiskReserve = int64(n)
 		case "negative_ttl", "flush_interval":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil || dur <= 0 {

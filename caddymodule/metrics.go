@@ -83,6 +83,16 @@ var (
 		"Flushes of buffered last-used and usage data.", nil, nil)
 	descFlushSeconds = prometheus.NewDesc("keygate_usage_flush_seconds_total",
 		"Time spent writing usage flushes.", nil, nil)
+	descFlushFailures = prometheus.NewDesc("keygate_usage_flush_failures_total",
+		"Usage flushes that could not write (disk full, store failed); their data stayed in memory.", nil, nil)
+	descUsagePending = prometheus.NewDesc("keygate_usage_pending_minutes",
+		"Per-minute usage counts buffered in memory, not yet written.", nil, nil)
+	descUsageDropped = prometheus.NewDesc("keygate_usage_dropped_total",
+		"Requests whose per-minute usage count was dropped because the in-memory buffer was full; they still count in totals and last use.", nil, nil)
+	descWritesRefused = prometheus.NewDesc("keygate_store_writes_refused_total",
+		"Store writes refused because the free disk space was below the api_keys disk_reserve.", nil, nil)
+	descStoreFailed = prometheus.NewDesc("keygate_store_failed",
+		"1 once Pebble reported a fatal error: writes are refused until keygate is restarted.", nil, nil)
 )
 
 // collector reads the shared state's counters at scrape time, so metrics
@@ -97,6 +107,11 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descFlushSeconds
 	ch <- descAdminAuthFailures
 	ch <- descAdminAuthThrottled
+	ch <- descFlushFailures
+	ch <- descUsagePending
+	ch <- descUsageDropped
+	ch <- descWritesRefused
+	ch <- descStoreFailed
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -115,6 +130,16 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	fs := st.FlushStats()
 	ch <- prometheus.MustNewConstMetric(descFlushes, prometheus.CounterValue, float64(fs.Flushes))
 	ch <- prometheus.MustNewConstMetric(descFlushSeconds, prometheus.CounterValue, fs.TotalSeconds)
+	ch <- prometheus.MustNewConstMetric(descFlushFailures, prometheus.CounterValue, float64(fs.Failures))
+	ch <- prometheus.MustNewConstMetric(descUsagePending, prometheus.GaugeValue, float64(fs.PendingMinutes))
+	ch <- prometheus.MustNewConstMetric(descUsageDropped, prometheus.CounterValue, float64(fs.DroppedRequests))
+	ss := st.StorageStats()
+	ch <- prometheus.MustNewConstMetric(descWritesRefused, prometheus.CounterValue, float64(ss.WritesRefused))
+	failed := 0.0
+	if ss.Failed {
+		failed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descStoreFailed, prometheus.GaugeValue, failed)
 }
 
 func registerMetrics(ctx caddy.Context, s *shared) {

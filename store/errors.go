@@ -18,6 +18,10 @@ const (
 	KindLimit                    // key_limit_reached
 	KindDisabled                 // api_keys_disabled
 	KindUnauthorized             // bad or missing credential
+	// KindInsufficientStorage: the store's disk is (nearly) full, so the
+	// write was refused before it reached Pebble. Reads keep working, and
+	// writes succeed again once space is freed (see diskGuard).
+	KindInsufficientStorage
 )
 
 // Error is a domain error. Message never contains a secret.

@@ -6,8 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -17,6 +22,10 @@ import (
 // ErrClosed is returned by every KV operation after Close. The gateway maps it
 // (like any other storage error) to 503: it fails closed.
 var ErrClosed = errors.New("store: closed")
+
+// ErrUnavailable wraps the errors of writes refused after the KV failed
+// (Pebble reported a fatal error): they answer 503 until a restart.
+var ErrUnavailable = errors.New("store: unavailable")
 
 // errKVNotFound is the KV's own "no such key"; the domain layer turns it into
 // a typed not-found error naming what was missing.
@@ -84,34 +93,91 @@ func (b *Batch) Merge(key, operand []byte) {
 // Len is the number of recorded operations.
 func (b *Batch) Len() int { return len(b.ops) }
 
-// pebbleKV is the embedded KV. Every call holds mu for reading so that Close
-// (which takes it for writing) never races an operation: Pebble panics on use
-// after Close.
+// pebbleKV is the embedded KV.
+//
+// Every call counts itself in inflight and checks closed, so that Close
+// never races an operation (Pebble panics on use after Close) and yet never
+// waits on one forever: it gives up after closeWait (PITFALLS 11).
+//
+// Every call into Pebble runs under call, which recovers a panic: Pebble's
+// Fatalf (our pebbleLogger panics in the calling goroutine) and the panics
+// of its commit pipeline after a failed WAL write (PITFALLS 22). The first
+// one marks the KV failed: from then on writes are refused without reaching
+// Pebble (whose commit pipeline is wedged after such an error), reads go on.
 type pebbleKV struct {
-	mu       sync.RWMutex
-	db       *pebble.DB
-	closed   bool
-	watchers []func(keys [][]byte)
-	merge    MergeFunc
+	db *pebble.DB
+
+	inflight  atomic.Int64
+	closed    atomic.Bool
+	closeWait time.Duration
+
+	wmu      sync.Mutex
+	watchers atomic.Pointer[[]func(keys [][]byte)]
+
+	merge MergeFunc
 	// emulateMerge: the store was created with Pebble's default merger,
 	// whose name Pebble pins in the store, so merges are applied as
 	// read-modify-write inside Apply instead.
 	emulateMerge bool
+
+	disk    *diskGuard // nil: no free-space check
+	log     Logger
+	failure atomic.Pointer[kvFailure]
+
+	opened     atomic.Bool // pebble.Open has returned
+	openFailed chan error  // a flush failed with ENOSPC during pebble.Open
 }
+
+// kvFailure is the first fatal error Pebble reported, as writes get it:
+// insufficient_storage when it was ENOSPC, ErrUnavailable otherwise.
+type kvFailure struct{ broken error }
+
+// defaultCloseWait bounds Close: operations still running and Pebble's own
+// Close each get at most this long, so a stop (SIGTERM) always ends.
+const defaultCloseWait = 5 * time.Second
 
 // mergerName is recorded by Pebble in every store and sstable it writes; a
 // store can only be opened with the merger it was created with.
 const mergerName = "keygate.merge.v1"
 
-// openPebble opens (creating if needed) a Pebble database in dir. fs may be
-// nil for the OS filesystem; tests pass vfs.NewMem(). merge (not nil)
-// combines the values of Batch.Merge writes.
+// pebbleConfig configures openPebbleConfig.
+type pebbleConfig struct {
+	Dir        string
+	FS         vfs.FS // nil: the OS filesystem
+	Logger     Logger
+	BlockCache int64
+	Merge      MergeFunc // not nil: combines the values of Batch.Merge writes
+	// DiskReserve is the free space writes must leave on the filesystem
+	// (0: DefaultDiskReserve; negative: no check).
+	DiskReserve int64
+	// Now is the clock of the log throttle (nil: time.Now).
+	Now func() time.Time
+}
+
+// openPebble opens (creating if needed) a Pebble database in dir with the
+// default disk reserve. fs may be nil for the OS filesystem; tests pass
+// vfs.NewMem(). merge (not nil) combines the values of Batch.Merge writes.
 func openPebble(dir string, fs vfs.FS, logger Logger, blockCache int64, merge MergeFunc) (*pebbleKV, error) {
+	return openPebbleConfig(pebbleConfig{Dir: dir, FS: fs, Logger: logger, BlockCache: blockCache, Merge: merge})
+}
+
+func openPebbleConfig(cfg pebbleConfig) (*pebbleKV, error) {
+	dir, fs := cfg.Dir, cfg.FS
 	if fs == nil {
 		fs = vfs.Default
 	}
-	opts := &pebble.Options{Logger: pebbleLogger{logger}, FS: fs}
-	kv := &pebbleKV{merge: merge}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	kv := &pebbleKV{merge: cfg.Merge, closeWait: defaultCloseWait, log: cfg.Logger}
+	kv.disk = newDiskGuard(fs, dir, cfg.DiskReserve, cfg.Logger)
+	if err := kv.disk.checkOpen(); err != nil {
+		return nil, err // names dir already
+	}
+	plog := &pebbleLogger{l: cfg.Logger, kv: kv, throttle: newLogThrottle(cfg.Now, pebbleLogPeriod)}
+	opts := &pebble.Options{Logger: plog, FS: fs, EventListener: &pebble.EventListener{
+		BackgroundError: plog.backgroundError,
+	}}
 	prev, err := storeMerger(dir, fs)
 	if err != nil {
 		return nil, fmt.Errorf("open pebble at %s: %w", dir, err)
@@ -128,18 +194,62 @@ func openPebble(dir string, fs vfs.FS, logger Logger, blockCache int64, merge Me
 	// bloom filters so that unknown secrets (garbage, rotated-out keys)
 	// rarely cost a disk read: Pebble's defaults (8 MiB, no filters) made a
 	// cache miss cost ~50 µs with 1M keys.
-	cache := pebble.NewCache(blockCache)
+	cache := pebble.NewCache(cfg.BlockCache)
 	defer cache.Unref()
 	opts.Cache = cache
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
-	db, err := pebble.Open(dir, opts)
+	db, err := kv.open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open pebble at %s: %w", dir, err)
 	}
 	kv.db = db
 	return kv, nil
+}
+
+// open runs pebble.Open, which flushes the memtables recovered from the WAL
+// before it returns and retries a failed flush forever: on a full disk it
+// would never return, and the server would neither serve nor stop. A flush
+// failing with ENOSPC during the open (backgroundError reports it on
+// openFailed) therefore ends the wait with an error; the abandoned Open
+// closes its DB should it ever finish.
+func (p *pebbleKV) open(dir string, opts *pebble.Options) (*pebble.DB, error) {
+	type result struct {
+		db  *pebble.DB
+		err error
+	}
+	p.openFailed = make(chan error, 1)
+	done := make(chan result, 1)
+	var abandoned atomic.Bool
+	go func() {
+		var db *pebble.DB
+		err := p.call(func() error {
+			var err error
+			db, err = pebble.Open(dir, opts)
+			return err
+		})
+		if err == nil && abandoned.Load() {
+			_ = p.call(db.Close)
+			return
+		}
+		done <- result{db, err}
+	}()
+	select {
+	case r := <-done:
+		p.opened.Store(true)
+		return r.db, r.err
+	case err := <-p.openFailed:
+		abandoned.Store(true)
+		select { // it may have finished meanwhile
+		case r := <-done:
+			if r.err == nil {
+				_ = p.call(r.db.Close)
+			}
+		default:
+		}
+		return nil, fmt.Errorf("writing the data recovered from the WAL failed: %w: free some space and start again", err)
+	}
 }
 
 // storeMerger returns the merger name recorded in an existing store's
@@ -199,24 +309,97 @@ func (m *valueMerger) Finish(includesBase bool) ([]byte, io.Closer, error) {
 	return m.cur, nil, nil
 }
 
-func (p *pebbleKV) Get(key []byte) ([]byte, error) {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	if p.closed {
-		return nil, ErrClosed
+// enter counts an operation in; it fails once Close has begun.
+func (p *pebbleKV) enter() error {
+	p.inflight.Add(1)
+	if p.closed.Load() {
+		p.inflight.Add(-1)
+		return ErrClosed
 	}
-	v, closer, err := p.db.Get(key)
+	return nil
+}
+
+func (p *pebbleKV) exit() { p.inflight.Add(-1) }
+
+// call runs fn, which calls into Pebble, and turns a panic into an error
+// that marks the KV failed. pebbleLogger.Fatalf panics only when call is on
+// its goroutine's stack (see guarded).
+func (p *pebbleKV) call(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = p.fail(fmt.Sprint(r))
+		}
+	}()
+	return fn()
+}
+
+// callFrame is the name of call in stack traces.
+var callFrame = reflect.TypeOf(pebbleKV{}).PkgPath() + ".(*pebbleKV).call"
+
+// guarded reports whether the current goroutine runs inside call, whose
+// recover will catch a panic.
+func guarded() bool {
+	pcs := make([]uintptr, 256)
+	n := runtime.Callers(2, pcs)
+	frames := runtime.CallersFrames(pcs[:n])
+	for {
+		f, more := frames.Next()
+		if f.Function == callFrame {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
+}
+
+// fail records Pebble's first fatal error and returns the error writes get
+// from now on.
+func (p *pebbleKV) fail(msg string) error {
+	f := &kvFailure{}
+	if strings.Contains(msg, syscall.ENOSPC.Error()) {
+		f.broken = &Error{Kind: KindInsufficientStorage, Code: "insufficient_storage",
+			Message: "the key store ran out of disk space: changes are refused until keygate is restarted with space freed (reads keep working)"}
+	} else {
+		f.broken = fmt.Errorf("%w: pebble failed: %s", ErrUnavailable, msg)
+	}
+	if p.failure.CompareAndSwap(nil, f) && p.log != nil {
+		p.log.Errorf("store: pebble failed: %s: writes are refused until keygate is restarted; reads go on", msg)
+	}
+	return p.failure.Load().broken
+}
+
+// failed is the error writes get after a fatal Pebble error, or nil.
+func (p *pebbleKV) failed() error {
+	if f := p.failure.Load(); f != nil {
+		return f.broken
+	}
+	return nil
+}
+
+func (p *pebbleKV) Get(key []byte) ([]byte, error) {
+	if err := p.enter(); err != nil {
+		return nil, err
+	}
+	defer p.exit()
+	var out []byte
+	err := p.call(func() error {
+		v, closer, err := p.db.Get(key)
+		if err != nil {
+			return err
+		}
+		out = bytes.Clone(v)
+		return closer.Close()
+	})
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, errKVNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("pebble get: %w", err)
 	}
-	out := bytes.Clone(v)
 	if out == nil {
 		out = []byte{}
 	}
-	_ = closer.Close()
 	return out, nil
 }
 
@@ -224,54 +407,72 @@ func (p *pebbleKV) Apply(b *Batch, sync bool) error {
 	if b.Len() == 0 {
 		return nil
 	}
-	p.mu.RLock()
-	if p.closed {
-		p.mu.RUnlock()
-		return ErrClosed
+	if err := p.enter(); err != nil {
+		return err
 	}
-	var pb *pebble.Batch
-	if p.emulateMerge {
-		pb = p.db.NewIndexedBatch() // reads see the batch's own earlier writes
-	} else {
-		pb = p.db.NewBatch()
-	}
-	keys := make([][]byte, 0, len(b.ops))
-	for _, op := range b.ops {
-		var err error
-		switch op.kind {
-		case opDelete:
-			err = pb.Delete(op.key, nil)
-		case opMerge:
-			if p.emulateMerge {
-				err = p.emulatedMerge(pb, op.key, op.value)
-			} else {
-				err = pb.Merge(op.key, op.value, nil)
-			}
-		default:
-			err = pb.Set(op.key, op.value, nil)
-		}
-		if err != nil {
-			_ = pb.Close()
-			p.mu.RUnlock()
-			return fmt.Errorf("pebble batch: %w", err)
-		}
-		keys = append(keys, op.key)
-	}
-	opts := pebble.NoSync
-	if sync {
-		opts = pebble.Sync
-	}
-	err := p.db.Apply(pb, opts)
-	_ = pb.Close()
-	watchers := p.watchers
-	p.mu.RUnlock()
+	keys, err := p.apply(b, sync)
+	p.exit()
 	if err != nil {
-		return fmt.Errorf("pebble apply: %w", err)
+		return err
 	}
-	for _, w := range watchers {
-		w(keys)
+	if ws := p.watchers.Load(); ws != nil {
+		for _, w := range *ws {
+			w(keys)
+		}
 	}
 	return nil
+}
+
+// apply checks that the KV can take the write (no earlier fatal error,
+// enough free disk space) and commits it.
+func (p *pebbleKV) apply(b *Batch, sync bool) ([][]byte, error) {
+	if err := p.failed(); err != nil {
+		return nil, err
+	}
+	if err := p.disk.check(b.size()); err != nil {
+		return nil, err
+	}
+	keys := make([][]byte, 0, len(b.ops))
+	err := p.call(func() error {
+		var pb *pebble.Batch
+		if p.emulateMerge {
+			pb = p.db.NewIndexedBatch() // reads see the batch's own earlier writes
+		} else {
+			pb = p.db.NewBatch()
+		}
+		defer pb.Close()
+		for _, op := range b.ops {
+			var err error
+			switch op.kind {
+			case opDelete:
+				err = pb.Delete(op.key, nil)
+			case opMerge:
+				if p.emulateMerge {
+					err = p.emulatedMerge(pb, op.key, op.value)
+				} else {
+					err = pb.Merge(op.key, op.value, nil)
+				}
+			default:
+				err = pb.Set(op.key, op.value, nil)
+			}
+			if err != nil {
+				return fmt.Errorf("pebble batch: %w", err)
+			}
+			keys = append(keys, op.key)
+		}
+		opts := pebble.NoSync
+		if sync {
+			opts = pebble.Sync
+		}
+		if err := p.db.Apply(pb, opts); err != nil {
+			return fmt.Errorf("pebble apply: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return keys, nil
 }
 
 // emulatedMerge is read-modify-write: the store serializes its writers, so
@@ -291,52 +492,90 @@ func (p *pebbleKV) emulatedMerge(pb *pebble.Batch, key, operand []byte) error {
 }
 
 func (p *pebbleKV) Scan(prefix, start []byte, fn func(key, value []byte) bool) error {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	if p.closed {
-		return ErrClosed
+	if err := p.enter(); err != nil {
+		return err
 	}
+	defer p.exit()
 	lower := prefix
 	if start != nil && bytes.Compare(start, prefix) > 0 {
 		lower = start
 	}
-	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(prefix)})
-	if err != nil {
-		return fmt.Errorf("pebble iter: %w", err)
+	// A panic in fn is the caller's, not Pebble's: it is carried past call
+	// and raised again, so that it does not mark the KV failed.
+	var fnPanic any
+	visit := func(k, v []byte) (more bool) {
+		defer func() {
+			if r := recover(); r != nil {
+				fnPanic, more = r, false
+			}
+		}()
+		return fn(k, v)
 	}
-	for ok := it.First(); ok; ok = it.Next() {
-		v, err := it.ValueAndErr()
+	err := p.call(func() error {
+		it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(prefix)})
 		if err != nil {
-			_ = it.Close()
-			return fmt.Errorf("pebble iter value: %w", err)
+			return fmt.Errorf("pebble iter: %w", err)
 		}
-		if !fn(it.Key(), v) {
-			break
+		defer it.Close()
+		for ok := it.First(); ok; ok = it.Next() {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				return fmt.Errorf("pebble iter value: %w", err)
+			}
+			if !visit(it.Key(), v) {
+				break
+			}
 		}
+		if err := it.Error(); err != nil {
+			return fmt.Errorf("pebble iter: %w", err)
+		}
+		return nil
+	})
+	if fnPanic != nil {
+		panic(fnPanic)
 	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("pebble iter: %w", err)
-	}
-	return nil
+	return err
 }
 
 func (p *pebbleKV) Watch(fn func(keys [][]byte)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.watchers = append(p.watchers, fn)
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	var ws []func(keys [][]byte)
+	if cur := p.watchers.Load(); cur != nil {
+		ws = append(ws, *cur...)
+	}
+	ws = append(ws, fn)
+	p.watchers.Store(&ws)
 }
 
+// Close waits (at most closeWait) for running operations, then closes
+// Pebble (again at most closeWait). When either wait runs out it returns an
+// error and leaves Pebble open: the process is about to exit, and the next
+// open recovers from the WAL as after a crash. Later calls get ErrClosed.
 func (p *pebbleKV) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
+	if !p.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	p.closed = true
-	if err := p.db.Close(); err != nil {
-		return fmt.Errorf("close pebble: %w", err)
+	deadline := time.Now().Add(p.closeWait)
+	for n := p.inflight.Load(); n > 0; n = p.inflight.Load() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("close pebble: %d operations still running after %v; left open", n, p.closeWait)
+		}
+		time.Sleep(time.Millisecond)
 	}
-	return nil
+	done := make(chan error, 1)
+	go func() { done <- p.call(p.db.Close) }()
+	t := time.NewTimer(p.closeWait)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("close pebble: %w", err)
+		}
+		return nil
+	case <-t.C:
+		return fmt.Errorf("close pebble: not closed after %v; left to the process exit", p.closeWait)
+	}
 }
 
 // prefixEnd is the smallest key greater than every key with the prefix.
@@ -363,16 +602,70 @@ type nopLogger struct{}
 func (nopLogger) Infof(string, ...any)  {}
 func (nopLogger) Errorf(string, ...any) {}
 
-// pebbleLogger adapts Logger to Pebble's. Pebble's default Fatalf calls
-// os.Exit, which would take the whole gateway down; ours logs and panics,
-// which Pebble only does on corruption it cannot continue from.
-type pebbleLogger struct{ l Logger }
+// pebbleLogPeriod is how often a repeated Pebble error line is logged.
+const pebbleLogPeriod = 10 * time.Second
 
-func (p pebbleLogger) Infof(format string, args ...any)  { p.l.Infof(format, args...) }
-func (p pebbleLogger) Errorf(format string, args ...any) { p.l.Errorf(format, args...) }
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.l.Errorf("FATAL: "+format, args...)
-	panic(fmt.Sprintf("pebble: "+format, args...))
+// backgroundBackoff slows Pebble's retries of a flush or compaction that
+// failed for lack of disk space: Pebble retries at once, which on a full
+// disk is a busy loop (a core and thousands of log lines a second).
+const backgroundBackoff = 500 * time.Millisecond
+
+// pebbleLogger adapts Logger to Pebble's. Pebble's default Fatalf calls
+// os.Exit, which would take the whole gateway down (PITFALLS 10). Ours
+// marks the KV failed and then: on a goroutine that runs inside
+// pebbleKV.call (a write or read of ours) it panics, and call recovers; on
+// one of Pebble's own background goroutines, where a panic would end the
+// process, it parks that goroutine for good, leaving Pebble's files as they
+// are for the next open to recover. Repeated error lines are rate-limited.
+type pebbleLogger struct {
+	l        Logger
+	kv       *pebbleKV    // nil: nothing to mark failed
+	throttle *logThrottle // nil: no rate limit
+}
+
+func (p *pebbleLogger) Infof(format string, args ...any) { p.l.Infof(format, args...) }
+
+func (p *pebbleLogger) Errorf(format string, args ...any) {
+	if p.throttle != nil {
+		ok, suppressed := p.throttle.allow(format)
+		if !ok {
+			return
+		}
+		if suppressed > 0 {
+			p.l.Errorf(format+" (%d similar lines suppressed in the last %v)", append(args, suppressed, p.throttle.period)...)
+			return
+		}
+	}
+	p.l.Errorf(format, args...)
+}
+
+func (p *pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.l.Errorf("pebble FATAL: %s", msg)
+	if p.kv != nil {
+		_ = p.kv.fail(msg)
+		if !guarded() {
+			p.l.Errorf("pebble: a background goroutine stopped after a fatal error; restart keygate to recover")
+			select {} // a panic here would end the process
+		}
+	}
+	panic("pebble: " + msg)
+}
+
+// backgroundError is Pebble's EventListener.BackgroundError: a failed flush
+// or compaction, which Pebble retries at once. Logged (rate-limited); out of
+// disk space, the retry is slowed down.
+func (p *pebbleLogger) backgroundError(err error) {
+	p.Errorf("pebble: background error: %s", err)
+	if errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), syscall.ENOSPC.Error()) {
+		if p.kv != nil && !p.kv.opened.Load() {
+			select {
+			case p.kv.openFailed <- err:
+			default:
+			}
+		}
+		time.Sleep(backgroundBackoff)
+	}
 }
 
 var _ KV = (*pebbleKV)(nil)

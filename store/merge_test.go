@@ -185,7 +185,7 @@ func TestLegacyStoreEmulatesMerge(t *testing.T) {
 	key, secret := mustKey(t, s, DefaultTenant, "alice", KeyInput{})
 	mustNil(t, s.Close())
 	// An earlier version wrote this key's usage as JSON.
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{nopLogger{}}})
+	db, err := pebble.Open(dir, &pebble.Options{Logger: &pebbleLogger{l: nopLogger{}}})
 	mustNil(t, err)
 	mustNil(t, db.Set([]byte(pKeyUsage+key.ID), []byte(`{"totals":[5,0,0,0,0,0,0],"minutes":[]}`), pebble.Sync))
 	mustNil(t, db.Close())
@@ -213,7 +213,7 @@ func TestLegacyStoreEmulatesMerge(t *testing.T) {
 // merger, recorded in the store's OPTIONS file.
 func legacyKV(t testing.TB, dir string) KV {
 	t.Helper()
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{nopLogger{}}})
+	db, err := pebble.Open(dir, &pebble.Options{Logger: &pebbleLogger{l: nopLogger{}}})
 	mustNil(t, err)
 	mustNil(t, db.Close())
 	kv, err := openPebble(dir, nil, nopLogger{}, 8<<20, mergeValues)

@@ -113,6 +113,16 @@ type Options struct {
 	// Decorate, when set, is called once for each key view built for the
 	// verification cache; its result is kept in KeyView.Extra.
 	Decorate func(*KeyView) any
+	// DiskReserve is the free space, in bytes, that writes must leave on
+	// the store's filesystem: below it admin writes fail with
+	// KindInsufficientStorage and usage stays in memory, and Open fails.
+	// 0 means DefaultDiskReserve; negative disables the check.
+	DiskReserve int64
+	// UsageBufferLimit bounds the per-minute usage counts kept in memory
+	// while the store cannot be written (default 1,000,000 key-minutes,
+	// about 100 MB); beyond it requests still count in the keys' totals and
+	// last use, but their per-minute detail is dropped and counted.
+	UsageBufferLimit int
 }
 
 // Store is safe for concurrent use.
@@ -138,7 +148,8 @@ type Store struct {
 	lastEvent atomic.Int64
 	retention time.Duration // events older than this are pruned; <= 0: never
 
-	flushes flushCounters
+	flushes  flushCounters
+	flushLog *logThrottle // the flusher's failures, logged once then summarised
 
 	cmu       sync.Mutex
 	keyCounts map[string]int // tenant → keys, filled lazily
@@ -182,12 +193,16 @@ func Open(opts Options) (*Store, error) {
 	if opts.EventPruneInterval == 0 {
 		opts.EventPruneInterval = DefaultEventPruneInterval
 	}
+	if opts.UsageBufferLimit <= 0 {
+		opts.UsageBufferLimit = defaultUsageBufferLimit
+	}
 	kv := opts.KV
 	if kv == nil {
 		if opts.Dir == "" {
 			return nil, errors.New("store: no directory given")
 		}
-		p, err := openPebble(opts.Dir, opts.FS, opts.Logger, opts.BlockCache, mergeValues)
+		p, err := openPebbleConfig(pebbleConfig{Dir: opts.Dir, FS: opts.FS, Logger: opts.Logger,
+			BlockCache: opts.BlockCache, Merge: mergeValues, DiskReserve: opts.DiskReserve, Now: opts.Now})
 		if err != nil {
 			return nil, err
 		}
@@ -208,7 +223,8 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.vcache = vc
-	s.usage = newUsageBuffer()
+	s.usage = newUsageBuffer(opts.UsageBufferLimit)
+	s.flushLog = newLogThrottle(opts.Now, flushLogPeriod)
 	if err := s.init(); err != nil {
 		vc.close()
 		_ = kv.Close()
@@ -271,19 +287,40 @@ func (s *Store) init() error {
 	return s.reloadHot()
 }
 
-// Close flushes buffered usage and closes the KV. It is safe to call twice.
+// closeWait bounds how long Close waits for a running usage flush.
+const closeWait = 5 * time.Second
+
+// Close flushes buffered usage and closes the KV. It is safe to call twice,
+// and it returns within seconds even when the store cannot be written (the
+// usage it could not write is then lost, and logged as such).
 func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		close(s.stop)
+		flusherDone := true
 		if s.flushDone != nil {
-			<-s.flushDone
+			t := time.NewTimer(closeWait)
+			select {
+			case <-s.flushDone:
+			case <-t.C:
+				flusherDone = false
+				s.log.Errorf("store close: the usage flusher did not finish within %v", closeWait)
+			}
+			t.Stop()
 		}
 		if s.pruneDone != nil {
-			<-s.pruneDone
+			t := time.NewTimer(closeWait)
+			select {
+			case <-s.pruneDone:
+			case <-t.C:
+				s.log.Errorf("store close: the event pruner did not finish within %v", closeWait)
+			}
+			t.Stop()
 		}
-		if ferr := s.Flush(); ferr != nil {
-			s.log.Errorf("final usage flush: %v", ferr)
+		if flusherDone {
+			if ferr := s.Flush(); ferr != nil {
+				s.log.Errorf("final usage flush: %v; the buffered usage of %d keys is lost", ferr, s.PendingUsage())
+			}
 		}
 		s.closed.Store(true)
 		s.drainGuards()

@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -52,9 +53,20 @@ type usageRecord struct {
 
 // usageBuffer collects last-used and counters in memory; the request path
 // never writes to the store. Sharded to keep lock contention low.
+//
+// While the store cannot be written (disk full) failed flushes put their
+// deltas back, so the buffer grows: by one last use per used key (bounded by
+// the key set) and one per-minute count per key and minute. The per-minute
+// counts are bounded by limit; beyond it a request still counts in its
+// key's totals and last use but its per-minute count is dropped (dropped
+// counts them).
 type usageBuffer struct {
 	shards [64]usageShard
 	seed   maphash.Seed
+
+	limit   int64
+	minutes atomic.Int64  // per-minute counts buffered
+	dropped atomic.Uint64 // requests whose per-minute count was dropped
 
 	// deleted holds keys deleted recently, with the flush count at the
 	// time: Flush writes usage blindly (Batch.Merge), so without this a use
@@ -76,10 +88,18 @@ type usageDelta struct {
 	at      time.Time
 	ip      netip.Addr
 	minutes []minuteCount
+	// unbucketed counts requests that have no per-minute count (the buffer
+	// was full, or the minute left the usage window while it waited): they
+	// still add to the key's totals and denied-request events.
+	unbucketed [numOutcomes]uint64
 }
 
-func newUsageBuffer() *usageBuffer {
-	u := &usageBuffer{deleted: map[string]uint64{}, seed: maphash.MakeSeed()}
+// defaultUsageBufferLimit is the default bound of buffered per-minute
+// counts: about 100 bytes each, a day of a 700 keys used every minute.
+const defaultUsageBufferLimit = 1_000_000
+
+func newUsageBuffer(limit int) *usageBuffer {
+	u := &usageBuffer{deleted: map[string]uint64{}, seed: maphash.MakeSeed(), limit: int64(limit)}
 	for i := range u.shards {
 		u.shards[i].m = map[string]*usageDelta{}
 	}
@@ -103,10 +123,18 @@ func (s *Store) RecordUse(v *KeyView, ip netip.Addr, o Outcome, now time.Time) {
 		d = &usageDelta{tenant: v.Tenant, minutes: make([]minuteCount, 0, 1)}
 		sh.m[v.ID] = d
 	}
-	if n := len(d.minutes); n == 0 || d.minutes[n-1].Minute != minute {
+	n := len(d.minutes)
+	switch {
+	case n > 0 && d.minutes[n-1].Minute == minute:
+		d.minutes[n-1].Counts[o]++
+	case s.usage.minutes.Load() < s.usage.limit:
+		s.usage.minutes.Add(1)
 		d.minutes = append(d.minutes, minuteCount{Minute: minute})
+		d.minutes[n].Counts[o]++
+	default: // full: the store has not been writable for a long while
+		d.unbucketed[o]++
+		s.usage.dropped.Add(1)
 	}
-	d.minutes[len(d.minutes)-1].Counts[o]++
 	if o == OutcomeOK {
 		d.used, d.at, d.ip = true, now, ip
 	}
@@ -144,7 +172,10 @@ func (u *usageBuffer) pending(id string) []minuteCount {
 func (u *usageBuffer) forget(id string) {
 	sh := u.shard(id)
 	sh.mu.Lock()
-	delete(sh.m, id)
+	if d := sh.m[id]; d != nil {
+		u.minutes.Add(-int64(len(d.minutes)))
+		delete(sh.m, id)
+	}
 	sh.mu.Unlock()
 	u.deleted[id] = u.flushes
 }
@@ -169,10 +200,13 @@ func (u *usageBuffer) take() map[string]*usageDelta {
 		sh := &u.shards[i]
 		sh.mu.Lock()
 		if len(sh.m) > 0 {
+			n := 0
 			for id, d := range sh.m {
 				out[id] = d
+				n += len(d.minutes)
 			}
 			sh.m = map[string]*usageDelta{}
+			u.minutes.Add(-int64(n))
 		}
 		sh.mu.Unlock()
 	}
@@ -180,22 +214,61 @@ func (u *usageBuffer) take() map[string]*usageDelta {
 }
 
 // restore puts back the deltas of a flush that failed, merged with what was
-// recorded since. Minutes beyond the usage window are dropped, so a store
-// that stays unwritable holds at most a day of counts per used key.
+// recorded since. Minutes that left the usage window keep counting only in
+// the totals; beyond the buffer's limit the oldest minutes of the restored
+// key are dropped the same way (and counted in dropped).
 func (u *usageBuffer) restore(deltas map[string]*usageDelta, now time.Time) {
 	for id, d := range deltas {
-		d.minutes = mergeMinutes(nil, d.minutes, now)
+		kept := mergeMinutes(nil, d.minutes, now)
+		unbucket(d, d.minutes, kept)
+		d.minutes = kept
 		sh := u.shard(id)
 		sh.mu.Lock()
-		if cur := sh.m[id]; cur == nil {
-			sh.m[id] = d
+		cur := sh.m[id]
+		before := 0
+		if cur == nil {
+			sh.m[id], cur = d, d
 		} else {
-			cur.minutes = mergeMinutes(d.minutes, cur.minutes, now)
+			before = len(cur.minutes)
+			merged := mergeMinutes(d.minutes, cur.minutes, now)
+			unbucket(cur, append(append([]minuteCount(nil), d.minutes...), cur.minutes...), merged)
+			cur.minutes = merged
+			for o, n := range d.unbucketed {
+				cur.unbucketed[o] += n
+			}
 			if d.used && (!cur.used || d.at.After(cur.at)) {
 				cur.used, cur.at, cur.ip = true, d.at, d.ip
 			}
 		}
+		total := u.minutes.Add(int64(len(cur.minutes) - before))
+		for total > u.limit && len(cur.minutes) > 0 {
+			for o, n := range cur.minutes[0].Counts {
+				cur.unbucketed[o] += n
+				u.dropped.Add(n)
+			}
+			cur.minutes = cur.minutes[1:]
+			total = u.minutes.Add(-1)
+		}
 		sh.mu.Unlock()
+	}
+}
+
+// unbucket adds to d's unbucketed counts whatever mergeMinutes dropped from
+// in (minutes older than the usage window) to make out.
+func unbucket(d *usageDelta, in, out []minuteCount) {
+	var diff [numOutcomes]uint64
+	for _, m := range in {
+		for o, n := range m.Counts {
+			diff[o] += n
+		}
+	}
+	for _, m := range out {
+		for o, n := range m.Counts {
+			diff[o] -= n
+		}
+	}
+	for o, n := range diff {
+		d.unbucketed[o] += n
 	}
 }
 
@@ -208,11 +281,44 @@ func (s *Store) flushLoop(every time.Duration) {
 		case <-s.stop:
 			return
 		case <-t.C:
-			if err := s.Flush(); err != nil {
-				s.log.Errorf("usage flush: %v", err)
-			}
+			s.flushTick(every)
 		}
 	}
+}
+
+// flushLogPeriod is how often a flusher that keeps failing says so again.
+const flushLogPeriod = time.Minute
+
+// flushTick runs one background flush. A failure is logged once, then
+// summarised at most every flushLogPeriod, and the recovery once; a panic
+// (a bug) is logged, never raised: it would end the process.
+func (s *Store) flushTick(every time.Duration) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.flushes.failures.Add(1)
+			s.log.Errorf("usage flush panicked (recovered; the flusher goes on): %v", r)
+		}
+	}()
+	err := s.Flush()
+	if err == nil {
+		if n := s.flushes.failing.Swap(0); n > 0 {
+			s.flushLog.reset("flush")
+			s.log.Infof("usage flush: written again after %d failed attempts; the buffered usage is stored", n)
+		}
+		return
+	}
+	n := s.flushes.failing.Add(1)
+	ok, suppressed := s.flushLog.allow("flush")
+	if !ok {
+		return
+	}
+	if n == 1 {
+		s.log.Errorf("usage flush: %v; usage and last-used times stay in memory and are retried every %v", err, every)
+		return
+	}
+	s.log.Errorf("usage flush: still failing after %d attempts (%d since the last report): %v; "+
+		"%d keys' usage in memory, per-minute counts of %d requests dropped so far (buffer limit %d)",
+		n, suppressed+1, err, s.PendingUsage(), s.usage.dropped.Load(), s.usage.limit)
 }
 
 // Flush writes buffered last-used times and usage counters in one durable
@@ -237,6 +343,12 @@ func (s *Store) Flush() error {
 			rec.LastUsedAt, rec.LastUsedIP = &at, d.ip.String()
 		}
 		var denied [numOutcomes]uint64
+		for o, n := range d.unbucketed {
+			rec.Totals[o] += n
+			if Outcome(o) != OutcomeOK {
+				denied[o] += n
+			}
+		}
 		for _, m := range d.minutes {
 			for o, n := range m.Counts {
 				rec.Totals[o] += n
@@ -253,6 +365,7 @@ func (s *Store) Flush() error {
 	}
 	start := time.Now()
 	if err := s.kv.Apply(&b, true); err != nil {
+		s.flushes.failures.Add(1)
 		s.usage.restore(deltas, now) // the next flush retries them
 		return fmt.Errorf("flush usage (kept for the next flush): %w", err)
 	}

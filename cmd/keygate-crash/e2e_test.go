@@ -25,6 +25,14 @@ import (
 // server is stopped gracefully when the test ends.
 func startSite(t *testing.T, name string) (*site, *process, *client) {
 	t.Helper()
+	return startSiteWith(t, name, nil)
+}
+
+// startSiteWith is startSite with a hook that adjusts each new site before
+// its config is written and the server started (a start that lost a port
+// race is retried on a fresh site).
+func startSiteWith(t *testing.T, name string, prepare func(*site)) (*site, *process, *client) {
+	t.Helper()
 	bin := keygateBinary(t)
 	var s *site
 	var p *process
@@ -33,6 +41,9 @@ func startSite(t *testing.T, name string) (*site, *process, *client) {
 		var err error
 		if s, err = newSite(t.TempDir(), true); err != nil {
 			t.Fatal(err)
+		}
+		if prepare != nil {
+			prepare(s)
 		}
 		if err := s.WriteConfig(); err != nil {
 			t.Fatal(err)

@@ -73,6 +73,8 @@ type site struct {
 	AdminPort  int    // Caddy's admin endpoint; 0 = admin off
 	APIPort    int    // the api_key_admin site
 	GatewayPrt int    // the api_key site: route { api_key; respond "ok" 200 }
+	// AppOptions are extra lines for the api_keys block (e.g. "disk_reserve 1MiB").
+	AppOptions []string
 }
 
 func newSite(dir string, withAdmin bool) (*site, error) {
@@ -121,7 +123,7 @@ func (s *site) WriteConfig() error {
 	storage file_system %s
 	api_keys {
 		storage %s
-		flush_interval 1s
+		flush_interval 1s%s
 	}
 }
 
@@ -139,11 +141,19 @@ http://127.0.0.1:%d {
 		respond "ok" 200
 	}
 }
-`, admin, filepath.Join(s.Dir, "caddy"), s.StorePath(), s.APIPort, s.Token, s.GatewayPrt)
+`, admin, filepath.Join(s.Dir, "caddy"), s.StorePath(), appOptions(s.AppOptions), s.APIPort, s.Token, s.GatewayPrt)
 	if err := os.MkdirAll(filepath.Join(s.Dir, "logs"), 0o755); err != nil {
 		return err
 	}
 	return os.WriteFile(s.ConfigPath(), []byte(cfg), 0o600)
+}
+
+func appOptions(lines []string) string {
+	var b strings.Builder
+	for _, l := range lines {
+		b.WriteString("\n\t\t" + l)
+	}
+	return b.String()
 }
 
 // Env is the environment for keygate processes: Caddy's XDG directories
