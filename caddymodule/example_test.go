@@ -126,22 +126,3 @@ func TestCaddyfileExample(t *testing.T) {
 		t.Fatalf("no key: %d %s", got.status, got.body)
 	}
 }
-
-func doBody(t testing.TB, method, url string, hdr map[string]string, body string) result {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return result{status: resp.StatusCode, header: resp.Header, body: b}
-}

@@ -141,9 +141,18 @@ var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 
 func do(t testing.TB, method, url string, hdr map[string]string) result {
 	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
+	return doBody(t, method, url, hdr, "")
+}
+
+// doBody sends a request with a JSON body ("" for none).
+func doBody(t testing.TB, method, url string, hdr map[string]string, body string) result {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
@@ -153,8 +162,8 @@ func do(t testing.TB, method, url string, hdr map[string]string) result {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return result{status: resp.StatusCode, header: resp.Header, body: body}
+	b, _ := io.ReadAll(resp.Body)
+	return result{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
 func get(t testing.TB, url string, hdr map[string]string) result { return do(t, "GET", url, hdr) }
