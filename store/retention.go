@@ -9,8 +9,8 @@ import (
 // Event retention: audit events older than Options.EventRetention are
 // deleted by a background pass, never by a request. Without it the event log
 // grows forever — above all the gateway's "key.requests_denied" summaries,
-// one per denied key per flush interval for as long as a client keeps
-// sending a bad or revoked key.
+// up to one per denied key per minute (denied.go) for as long as a client
+// keeps sending a revoked key.
 const (
 	// DefaultEventRetention is how long events are kept unless configured.
 	DefaultEventRetention = 90 * 24 * time.Hour

@@ -150,6 +150,7 @@ type Store struct {
 
 	flushes  flushCounters
 	flushLog *logThrottle // the flusher's failures, logged once then summarised
+	denied   deniedSummaries
 
 	cmu       sync.Mutex
 	keyCounts map[string]int // tenant → keys, filled lazily
@@ -225,6 +226,7 @@ func Open(opts Options) (*Store, error) {
 	s.vcache = vc
 	s.usage = newUsageBuffer(opts.UsageBufferLimit)
 	s.flushLog = newLogThrottle(opts.Now, flushLogPeriod)
+	s.denied = deniedSummaries{}
 	if err := s.init(); err != nil {
 		vc.close()
 		_ = kv.Close()
@@ -318,7 +320,7 @@ func (s *Store) Close() error {
 			t.Stop()
 		}
 		if flusherDone {
-			if ferr := s.Flush(); ferr != nil {
+			if ferr := s.flush(true); ferr != nil {
 				s.log.Errorf("final usage flush: %v; the buffered usage of %d keys is lost", ferr, s.PendingUsage())
 			}
 		}

@@ -322,19 +322,21 @@ func (s *Store) flushTick(every time.Duration) {
 }
 
 // Flush writes buffered last-used times and usage counters in one durable
-// batch, plus one "key.requests_denied" event per key that was denied since
-// the last flush. Each key's usage is a blind merge (mergeUsage combines it
-// with the stored record), so a flush reads nothing. Keys deleted meanwhile
-// are skipped.
-func (s *Store) Flush() error {
+// batch, plus "key.requests_denied" events that summarise denied requests
+// (at most one per key per deniedSummaryInterval, see denied.go). Each key's
+// usage is a blind merge (mergeUsage combines it with the stored record), so
+// a flush reads nothing. Keys deleted meanwhile are skipped.
+func (s *Store) Flush() error { return s.flush(false) }
+
+// flush is Flush; final (the flush of Close) also reports every denial
+// still waiting for its summary interval.
+func (s *Store) flush(final bool) error {
 	deltas := s.usage.take()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.usage.skipDeleted(deltas)
-	if len(deltas) == 0 {
-		return nil
-	}
 	now := s.now().UTC()
+	fresh := map[string]deniedReport{}
 	var b Batch
 	for id, d := range deltas {
 		var rec usageRecord
@@ -359,9 +361,19 @@ func (s *Store) Flush() error {
 		}
 		rec.Minutes = mergeMinutes(nil, d.minutes, now)
 		b.Merge(k(pKeyUsage+id), encodeUsage(&rec))
-		if detail := outcomeMap(denied); len(detail) > 0 {
-			s.event(&b, now, d.tenant, "key.requests_denied", "gateway", id, detail)
+		if denied != ([numOutcomes]uint64{}) {
+			fresh[id] = deniedReport{id: id, tenant: d.tenant, counts: denied}
 		}
+	}
+	plan := s.denied.plan(fresh, now, final)
+	for _, r := range plan {
+		if r.due {
+			s.event(&b, now, r.tenant, "key.requests_denied", "gateway", r.id, outcomeMap(r.counts))
+		}
+	}
+	if b.Len() == 0 {
+		s.denied.commit(plan, now) // nothing to write; forget quiet keys
+		return nil
 	}
 	start := time.Now()
 	if err := s.kv.Apply(&b, true); err != nil {
@@ -369,6 +381,7 @@ func (s *Store) Flush() error {
 		s.usage.restore(deltas, now) // the next flush retries them
 		return fmt.Errorf("flush usage (kept for the next flush): %w", err)
 	}
+	s.denied.commit(plan, now)
 	s.flushObserved(time.Since(start))
 	return nil
 }
