@@ -231,7 +231,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.stripIdentity(r.Header)
 	st.RecordUse(view, ip, store.OutcomeOK, now)
 	h.shared.outcomes.inc(outcomeOK)
-	return next.ServeHTTP(w, r)
+	// Tracked while it runs: ended if the key stops admitting (streams.go).
+	return h.shared.streams.serve(w, r, next, st, view)
 }
 
 // groupFor applies allow_groups and the key's group rules. It returns the
