@@ -94,6 +94,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := debugLogRefusal(ctx, srv, h.strip); err != nil {
 		return fmt.Errorf("api_key: %w", err)
 	}
+	registerConnContext(srv) // HTTP/1.x streams end by closing their connection (streams.go)
 	return nil
 }
 

@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"math"
@@ -202,16 +201,30 @@ func endLocked(e *liveReq, code string) {
 
 // closeConn closes the connection an HTTP/1.x request came on. Under TLS
 // the TCP connection beneath is closed: tls.Conn.Close would first write a
-// close_notify, which can block behind a slow client.
+// close_notify, which can block behind a slow client for seconds.
 func closeConn(ctx context.Context) {
 	c, ok := ctx.Value(caddyhttp.ConnCtxKey).(net.Conn)
 	if !ok {
 		return
 	}
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
+	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = nc.NetConn()
 	}
+	_ = c.SetWriteDeadline(time.Now()) // a write blocked on the client fails now
 	_ = c.Close()
+}
+
+// registerConnContext makes the server put each connection in its
+// requests' context under caddyhttp.ConnCtxKey (Caddy defines the key but
+// sets it only when a module asks), so that an HTTP/1.x request can be ended
+// by closing its connection. It costs one context value per connection.
+func registerConnContext(srv *caddyhttp.Server) {
+	srv.RegisterConnContext(func(ctx context.Context, c net.Conn) context.Context {
+		if ctx.Value(caddyhttp.ConnCtxKey) != nil {
+			return ctx // another api_key handler of this server asked already
+		}
+		return context.WithValue(ctx, caddyhttp.ConnCtxKey, c)
+	})
 }
 
 // invalidate is the store subscription: it ends the live requests the

@@ -1,0 +1,627 @@
+package caddymodule
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/coder/websocket"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/keygate/keygate/store"
+)
+
+// endBound is SPEC section 3's bound from the answer of the call that ended
+// a key to the end of its streams.
+const endBound = time.Second
+
+// streamGateway is Caddy (h1 and h2c) with an api_key site of the default
+// tenant and one of tenant "other", in front of an upstream serving a
+// WebSocket echo (/ws), server-sent events (/sse) and gRPC health (h2c).
+type streamGateway struct {
+	url, otherURL string
+	st            *store.Store
+	health        *health.Server
+}
+
+func startStreamGateway(t *testing.T) *streamGateway {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, b, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, b); err != nil {
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/sse", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		rc := http.NewResponseController(w)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
+				return
+			}
+			if rc.Flush() != nil {
+				return
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	up := httptest.NewServer(mux)
+	t.Cleanup(up.Close)
+
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	go func() { _ = gs.Serve(gl) }()
+	t.Cleanup(gs.Stop)
+
+	dir := t.TempDir()
+	port, port2 := freePort(t), freePort(t)
+	site := func(port int, tenant string) string {
+		return fmt.Sprintf(`http://127.0.0.1:%d {
+	bind 127.0.0.1
+	api_key {
+		tenant %s
+	}
+	@grpc path /grpc.health.v1.Health/*
+	reverse_proxy @grpc h2c://%s
+	reverse_proxy %s {
+		flush_interval -1
+	}
+}
+`, port, tenant, gl.Addr(), up.Listener.Addr())
+	}
+	cfg := fmt.Sprintf(`{
+	admin off
+	persist_config off
+	auto_https off
+	storage file_system %s/caddy
+	log {
+		level error
+	}
+	servers {
+		protocols h1 h2c
+	}
+	api_keys {
+		storage %s
+		flush_interval 200ms
+	}
+}
+%s%s`, dir, dir, site(port, store.DefaultTenant), site(port2, "other"))
+	startCaddy(t, cfg)
+	g := &streamGateway{url: fmt.Sprintf("127.0.0.1:%d", port), otherURL: fmt.Sprintf("127.0.0.1:%d", port2), st: sharedStore(t, dir), health: hs}
+	enable(t, g.st, store.DefaultTenant)
+	enable(t, g.st, "other")
+	return g
+}
+
+// wsConn is an open WebSocket through the gateway, read in the background.
+type wsConn struct {
+	c    *websocket.Conn
+	msgs chan string
+	done chan error // the read error that ended it
+}
+
+func dialWS(t *testing.T, addr, secret string) *wsConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws", &websocket.DialOptions{HTTPHeader: http.Header{"X-Api-Key": {secret}}})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { _ = c.CloseNow() })
+	w := &wsConn{c: c, msgs: make(chan string, 16), done: make(chan error, 1)}
+	go func() {
+		for {
+			_, b, err := c.Read(context.Background())
+			if err != nil {
+				w.done <- err
+				return
+			}
+			w.msgs <- string(b)
+		}
+	}()
+	w.echo(t, "hello")
+	return w
+}
+
+// echo sends msg and waits for it to come back.
+func (w *wsConn) echo(t *testing.T, msg string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := w.c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	select {
+	case got := <-w.msgs:
+		if got != msg {
+			t.Fatalf("echoed %q, want %q", got, msg)
+		}
+	case err := <-w.done:
+		t.Fatalf("connection ended: %v", err)
+	case <-ctx.Done():
+		t.Fatal("no echo")
+	}
+}
+
+// waitEnd waits up to endBound for the connection to end and returns how
+// long that took and the read error.
+func waitEnd(t *testing.T, done <-chan error, since time.Time) (time.Duration, error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		return time.Since(since), err
+	case <-time.After(endBound):
+		t.Fatalf("still open %s after the key stopped admitting", endBound)
+		return 0, nil
+	}
+}
+
+// ender makes a key stop admitting; it returns when the call has answered.
+type ender struct {
+	name string
+	// rotate with grace and expiry end the key later: at is when.
+	end func(t *testing.T, g *streamGateway, keyID string) (at time.Time)
+	// make creates key A (default: a plain key of the default tenant).
+	make func(t *testing.T, g *streamGateway) (*store.Key, string)
+	// otherTenant puts key B in tenant "other" (for tenant disable).
+	otherTenant bool
+}
+
+var enders = []ender{
+	{name: "revoke", end: func(t *testing.T, g *streamGateway, id string) time.Time {
+		if _, err := g.st.RevokeKey("test", store.DefaultTenant, id); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	}},
+	{name: "delete", end: func(t *testing.T, g *streamGateway, id string) time.Time {
+		if err := g.st.DeleteKey("test", store.DefaultTenant, id); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	}},
+	{name: "rotate", end: func(t *testing.T, g *streamGateway, id string) time.Time {
+		if _, _, err := g.st.RotateKey("test", store.DefaultTenant, id, store.RotateInput{}); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	}},
+	{name: "rotate_grace", end: func(t *testing.T, g *streamGateway, id string) time.Time {
+		grace := store.Duration(700 * time.Millisecond)
+		k, _, err := g.st.RotateKey("test", store.DefaultTenant, id, store.RotateInput{GracePeriod: &grace})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.UpdatedAt.Add(time.Duration(grace))
+	}},
+	{name: "expiry",
+		make: func(t *testing.T, g *streamGateway) (*store.Key, string) {
+			exp := time.Now().Add(700 * time.Millisecond)
+			return newKey(t, g.st, store.DefaultTenant, store.KeyInput{ExpiresAt: &exp})
+		},
+		end: func(t *testing.T, g *streamGateway, id string) time.Time {
+			k, err := g.st.GetKey(store.DefaultTenant, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return *k.ExpiresAt
+		}},
+	{name: "tenant_disable", otherTenant: true, end: func(t *testing.T, g *streamGateway, id string) time.Time {
+		if _, err := g.st.UpdateSettings("test", store.DefaultTenant, store.SettingsPatch{APIKeysEnabled: store.Some(false)}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { enable(t, g.st, store.DefaultTenant) })
+		return time.Now()
+	}},
+}
+
+// keysAB creates key A (the one that will stop admitting) and key B (the
+// bystander) and returns their secrets and B's gateway address.
+func (e ender) keysAB(t *testing.T, g *streamGateway) (idA, secA, secB, addrB string) {
+	t.Helper()
+	var a *store.Key
+	if e.make != nil {
+		a, secA = e.make(t, g)
+	} else {
+		a, secA = newKey(t, g.st, store.DefaultTenant, store.KeyInput{})
+	}
+	addrB, tenantB := g.url, store.DefaultTenant
+	if e.otherTenant {
+		addrB, tenantB = g.otherURL, "other"
+	}
+	_, secB = newKey(t, g.st, tenantB, store.KeyInput{})
+	return a.ID, secA, secB, addrB
+}
+
+// TestStreamsEndWebSocket: for every way a key stops admitting, its open
+// WebSocket gets a close frame 1008 within a second of the call's answer
+// (or of the expiry), and another key's socket still echoes.
+func TestStreamsEndWebSocket(t *testing.T) {
+	g := startStreamGateway(t)
+	for _, e := range enders {
+		t.Run(e.name, func(t *testing.T) {
+			idA, secA, secB, addrB := e.keysAB(t, g)
+			a, b := dialWS(t, g.url, secA), dialWS(t, addrB, secB)
+			at := e.end(t, g, idA)
+			if d := time.Until(at); d > 0 {
+				// A grace or an expiry still running: A still works.
+				a.echo(t, "before the end")
+			}
+			took, err := waitEnd(t, a.done, at)
+			if st := websocket.CloseStatus(err); st != websocket.StatusPolicyViolation {
+				t.Fatalf("A ended with %v (status %d), want close 1008", err, st)
+			}
+			t.Logf("A closed %s after the end", took.Round(time.Millisecond))
+			b.echo(t, "still here")
+		})
+	}
+}
+
+// sseStream is an open event stream read in the background.
+type sseStream struct {
+	events chan string
+	done   chan error
+}
+
+func openSSE(t *testing.T, c *http.Client, addr, secret string) *sseStream {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+addr+"/sse", nil)
+	req.Header.Set("X-API-Key", secret)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = resp.Body.Close() })
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	s := &sseStream{events: make(chan string, 1024), done: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if line := sc.Text(); strings.HasPrefix(line, "data: ") {
+				select {
+				case s.events <- line:
+				default:
+				}
+			}
+		}
+		err := sc.Err()
+		if err == nil {
+			err = errors.New("clean end of stream")
+		}
+		s.done <- err
+	}()
+	s.next(t)
+	return s
+}
+
+// next waits for a new event.
+func (s *sseStream) next(t *testing.T) {
+	t.Helper()
+	for {
+		select {
+		case <-s.events:
+			return
+		case err := <-s.done:
+			t.Fatalf("stream ended: %v", err)
+		case <-time.After(2 * time.Second):
+			t.Fatal("no event")
+		}
+	}
+}
+
+// fresh drains buffered events and waits for a new one.
+func (s *sseStream) fresh(t *testing.T) {
+	t.Helper()
+	for len(s.events) > 0 {
+		<-s.events
+	}
+	s.next(t)
+}
+
+// countingDialer counts the connections a client opens.
+type countingDialer struct{ n atomic.Int32 }
+
+func (d *countingDialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.n.Add(1)
+	return (&net.Dialer{}).DialContext(ctx, network, addr)
+}
+
+// TestStreamsEndSSE: an SSE stream of a key that stops admitting ends
+// within a second — over HTTP/1.1 (its connection is closed) and over
+// HTTP/2 sharing one connection with another key's stream, which goes on.
+func TestStreamsEndSSE(t *testing.T) {
+	g := startStreamGateway(t)
+	for _, e := range enders {
+		t.Run("h1_"+e.name, func(t *testing.T) {
+			idA, secA, secB, addrB := e.keysAB(t, g)
+			c := &http.Client{Transport: &http.Transport{}}
+			defer c.CloseIdleConnections()
+			a, b := openSSE(t, c, g.url, secA), openSSE(t, c, addrB, secB)
+			at := e.end(t, g, idA)
+			took, err := waitEnd(t, a.done, at)
+			if err.Error() == "clean end of stream" {
+				t.Fatal("A's stream ended as if complete; it must end as an error")
+			}
+			t.Logf("A ended %s after the end: %v", took.Round(time.Millisecond), err)
+			b.fresh(t)
+		})
+	}
+	t.Run("h2_revoke", func(t *testing.T) {
+		idA, secA, secB, _ := enders[0].keysAB(t, g)
+		var d countingDialer
+		tr := &http.Transport{DialContext: d.dial, Protocols: new(http.Protocols)}
+		tr.Protocols.SetUnencryptedHTTP2(true)
+		c := &http.Client{Transport: tr}
+		defer c.CloseIdleConnections()
+		a, b := openSSE(t, c, g.url, secA), openSSE(t, c, g.url, secB)
+		at := enders[0].end(t, g, idA)
+		took, err := waitEnd(t, a.done, at)
+		if err.Error() == "clean end of stream" {
+			t.Fatal("A's stream ended as if complete")
+		}
+		t.Logf("A ended %s after the revoke: %v", took.Round(time.Millisecond), err)
+		b.fresh(t)
+		// A new stream still fits on the same connection.
+		_, secC := newKey(t, g.st, store.DefaultTenant, store.KeyInput{})
+		openSSE(t, c, g.url, secC).fresh(t)
+		if n := d.n.Load(); n != 1 {
+			t.Fatalf("%d connections: the revoke ended the shared one", n)
+		}
+	})
+}
+
+// healthWatch is an open gRPC health Watch stream, read in the background.
+type healthWatch struct {
+	updates chan healthpb.HealthCheckResponse_ServingStatus
+	done    chan error
+}
+
+func watchHealth(t *testing.T, cc *grpc.ClientConn, secret string) *healthWatch {
+	t.Helper()
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "x-api-key", secret))
+	t.Cleanup(cancel)
+	s, err := healthpb.NewHealthClient(cc).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &healthWatch{updates: make(chan healthpb.HealthCheckResponse_ServingStatus, 16), done: make(chan error, 1)}
+	go func() {
+		for {
+			m, err := s.Recv()
+			if err != nil {
+				w.done <- err
+				return
+			}
+			w.updates <- m.GetStatus()
+		}
+	}()
+	w.next(t)
+	return w
+}
+
+func (w *healthWatch) next(t *testing.T) healthpb.HealthCheckResponse_ServingStatus {
+	t.Helper()
+	select {
+	case s := <-w.updates:
+		return s
+	case err := <-w.done:
+		t.Fatalf("stream ended: %v", err)
+	case <-time.After(2 * time.Second):
+		t.Fatal("no update")
+	}
+	return 0
+}
+
+// TestStreamsEndGRPC: a gRPC server stream of a key that stops admitting
+// ends with Unauthenticated within a second; another key's stream on the
+// same connection goes on receiving.
+func TestStreamsEndGRPC(t *testing.T) {
+	g := startStreamGateway(t)
+	dial := func(t *testing.T, addr string, d *countingDialer) *grpc.ClientConn {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.dial(ctx, "tcp", addr) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cc.Close() })
+		return cc
+	}
+	for _, e := range enders {
+		t.Run(e.name, func(t *testing.T) {
+			g.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+			var d countingDialer
+			cc := dial(t, g.url, &d)
+			idA, secA, secB, addrB := e.keysAB(t, g)
+			ccB := cc // B shares A's connection, except across tenants (another site)
+			if addrB != g.url {
+				ccB = dial(t, addrB, new(countingDialer))
+			}
+			a, b := watchHealth(t, cc, secA), watchHealth(t, ccB, secB)
+			at := e.end(t, g, idA)
+			took, err := waitEnd(t, a.done, at)
+			if status.Code(err) != codes.Unauthenticated {
+				t.Fatalf("A ended with %v, want Unauthenticated", err)
+			}
+			t.Logf("A ended %s after the end: %v", took.Round(time.Millisecond), err)
+			g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+			if s := b.next(t); s != healthpb.HealthCheckResponse_NOT_SERVING {
+				t.Fatalf("B got %v", s)
+			}
+			// A's connection is still the one in use: a call with A's key
+			// is answered (rejected) on it without a new dial.
+			ctx := metadata.AppendToOutgoingContext(context.Background(), "x-api-key", secA)
+			if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); err == nil {
+				t.Fatal("a call with A's key was admitted after its end")
+			}
+			if n := d.n.Load(); n != 1 {
+				t.Fatalf("%d connections: the end reset the shared one", n)
+			}
+		})
+	}
+}
+
+// TestStreamsEndLatency measures, over 60 WebSockets, the time from the
+// answer of RevokeKey to the close frame reaching the client.
+func TestStreamsEndLatency(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measurement")
+	}
+	g := startStreamGateway(t)
+	const trials = 60
+	var took []time.Duration
+	for range trials {
+		k, sec := newKey(t, g.st, store.DefaultTenant, store.KeyInput{})
+		w := dialWS(t, g.url, sec)
+		if _, err := g.st.RevokeKey("test", store.DefaultTenant, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Now()
+		d, err := waitEnd(t, w.done, at)
+		if websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+			t.Fatalf("ended with %v", err)
+		}
+		took = append(took, d)
+	}
+	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+	p50, p99 := took[trials/2], took[trials*99/100]
+	t.Logf("revoke answer → WebSocket close 1008 at the client, %d trials: p50 %s, p99 %s, max %s", trials, p50, p99, took[trials-1])
+	if p99 > endBound {
+		t.Fatalf("p99 %s over %s", p99, endBound)
+	}
+}
+
+// TestFramingBoundaries: the WebSocket and gRPC framing trackers are at a
+// boundary exactly between frames, however the bytes are split.
+func TestFramingBoundaries(t *testing.T) {
+	var ws []byte
+	var wsEnds []int
+	for _, n := range []int{0, 5, 125, 126, 300, 70000} {
+		hdr := []byte{0x82}
+		switch {
+		case n < 126:
+			hdr = append(hdr, byte(n))
+		case n <= 0xffff:
+			hdr = append(hdr, 126, byte(n>>8), byte(n))
+		default:
+			hdr = append(hdr, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		}
+		ws = append(append(ws, hdr...), make([]byte, n)...)
+		wsEnds = append(wsEnds, len(ws))
+	}
+	ws = append(ws, wsCloseFrame(1008, "key_revoked")...)
+	wsEnds = append(wsEnds, len(ws))
+
+	var g []byte
+	var gEnds []int
+	for _, n := range []int{0, 1, 4, 5, 1000} {
+		g = append(g, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		g = append(g, make([]byte, n)...)
+		gEnds = append(gEnds, len(g))
+	}
+
+	for _, chunk := range []int{1, 2, 3, 7, 64, 4096} {
+		var f wsFraming
+		checkSplit(t, "websocket", ws, wsEnds, chunk, f.feed, f.boundary)
+		var gf grpcFraming
+		checkSplit(t, "grpc", g, gEnds, chunk, gf.feed, gf.boundary)
+	}
+}
+
+// checkSplit feeds b in chunks and checks boundary() after each chunk.
+func checkSplit(t *testing.T, what string, b []byte, ends []int, chunk int, feed func([]byte), boundary func() bool) {
+	t.Helper()
+	isEnd := map[int]bool{0: true}
+	for _, e := range ends {
+		isEnd[e] = true
+	}
+	for off := 0; off < len(b); {
+		n := min(chunk, len(b)-off)
+		feed(b[off : off+n])
+		off += n
+		if got := boundary(); got != isEnd[off] {
+			t.Fatalf("%s, chunks of %d: boundary at %d is %v, want %v", what, chunk, off, got, isEnd[off])
+		}
+	}
+}
+
+type countingNext struct{ n int }
+
+func (c *countingNext) ServeHTTP(http.ResponseWriter, *http.Request) error { c.n++; return nil }
+
+// TestStreamsRecheck: a request whose key was revoked between its
+// verification and its tracking (when the invalidation could not find it)
+// is refused before it reaches the next handler.
+func TestStreamsRecheck(t *testing.T) {
+	opts := store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Decorate: decorate}
+	sh := newShared(opts)
+	st, err := sh.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Destruct()
+	enable(t, st, store.DefaultTenant)
+	for _, proto := range []int{1, 2} {
+		k, sec := newKey(t, st, store.DefaultTenant, store.KeyInput{})
+		view, verdict, err := st.Verify(store.DefaultTenant, sec, time.Now())
+		if err != nil || verdict != store.VerdictValid {
+			t.Fatal(verdict, err)
+		}
+		r := httptest.NewRequest("GET", "/", nil)
+		r.ProtoMajor = proto
+		var next countingNext
+		if err := sh.streams.serve(httptest.NewRecorder(), r, &next, st, view); err != nil || next.n != 1 {
+			t.Fatalf("HTTP/%d before the revoke: %v, next called %d times", proto, err, next.n)
+		}
+		if _, err := st.RevokeKey("test", store.DefaultTenant, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		err = sh.streams.serve(httptest.NewRecorder(), r, &next, st, view)
+		var he caddyhttp.HandlerError
+		if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized || next.n != 1 {
+			t.Fatalf("HTTP/%d after the revoke: %v, next called %d times", proto, err, next.n)
+		}
+	}
+}
