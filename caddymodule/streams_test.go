@@ -503,33 +503,62 @@ func TestStreamsEndGRPC(t *testing.T) {
 	}
 }
 
-// TestStreamsEndLatency measures, over 60 WebSockets, the time from the
-// answer of RevokeKey to the close frame reaching the client.
+// TestStreamsEndLatency measures, over 60 streams of each kind, the time
+// from the answer of RevokeKey to the end reaching the client: a WebSocket
+// close 1008, the read error of an SSE stream over HTTP/1.1 and over HTTP/2,
+// a gRPC stream's Unauthenticated.
 func TestStreamsEndLatency(t *testing.T) {
 	if testing.Short() {
 		t.Skip("measurement")
 	}
 	g := startStreamGateway(t)
-	const trials = 60
-	var took []time.Duration
-	for range trials {
-		k, sec := newKey(t, g.st, store.DefaultTenant, store.KeyInput{})
-		w := dialWS(t, g.url, sec)
-		if _, err := g.st.RevokeKey("test", store.DefaultTenant, k.ID); err != nil {
-			t.Fatal(err)
-		}
-		at := time.Now()
-		d, err := waitEnd(t, w.done, at)
-		if websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
-			t.Fatalf("ended with %v", err)
-		}
-		took = append(took, d)
+	g.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	h1 := &http.Client{Transport: &http.Transport{}}
+	defer h1.CloseIdleConnections()
+	tr2 := &http.Transport{Protocols: new(http.Protocols)}
+	tr2.Protocols.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Transport: tr2}
+	defer h2.CloseIdleConnections()
+	cc, err := grpc.NewClient(g.url, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
 	}
-	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
-	p50, p99 := took[trials/2], took[trials*99/100]
-	t.Logf("revoke answer → WebSocket close 1008 at the client, %d trials: p50 %s, p99 %s, max %s", trials, p50, p99, took[trials-1])
-	if p99 > endBound {
-		t.Fatalf("p99 %s over %s", p99, endBound)
+	defer cc.Close()
+	kinds := []struct {
+		name string
+		open func(t *testing.T, secret string) <-chan error
+		ok   func(error) bool
+	}{
+		{"websocket", func(t *testing.T, s string) <-chan error { return dialWS(t, g.url, s).done },
+			func(err error) bool { return websocket.CloseStatus(err) == websocket.StatusPolicyViolation }},
+		{"sse_h1", func(t *testing.T, s string) <-chan error { return openSSE(t, h1, g.url, s).done },
+			func(err error) bool { return err.Error() != "clean end of stream" }},
+		{"sse_h2", func(t *testing.T, s string) <-chan error { return openSSE(t, h2, g.url, s).done },
+			func(err error) bool { return err.Error() != "clean end of stream" }},
+		{"grpc", func(t *testing.T, s string) <-chan error { return watchHealth(t, cc, s).done },
+			func(err error) bool { return status.Code(err) == codes.Unauthenticated }},
+	}
+	const trials = 60
+	for _, kind := range kinds {
+		var took []time.Duration
+		for range trials {
+			k, sec := newKey(t, g.st, store.DefaultTenant, store.KeyInput{})
+			done := kind.open(t, sec)
+			if _, err := g.st.RevokeKey("test", store.DefaultTenant, k.ID); err != nil {
+				t.Fatal(err)
+			}
+			d, err := waitEnd(t, done, time.Now())
+			if !kind.ok(err) {
+				t.Fatalf("%s ended with %v", kind.name, err)
+			}
+			took = append(took, d)
+		}
+		sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+		p50, p99 := took[trials/2], took[trials*99/100]
+		t.Logf("%-9s revoke answer → end at the client, %d trials: p50 %s, p99 %s, max %s", kind.name, trials, p50, p99, took[trials-1])
+		if p99 > endBound {
+			t.Fatalf("%s: p99 %s over %s", kind.name, p99, endBound)
+		}
 	}
 }
 
