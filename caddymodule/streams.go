@@ -510,13 +510,17 @@ func (f *grpcFraming) boundary() bool { return f.hn == 0 && f.remain == 0 }
 
 // hijacked is an upgraded client connection. Its writes (reverse_proxy's
 // copy from the upstream) are followed frame by frame, so that a WebSocket
-// close frame is only ever written between two frames.
+// close frame is only ever written between two frames: ended in the middle
+// of one, the connection lets the frame in progress finish and writes the
+// close frame right after it.
 type hijacked struct {
 	net.Conn
 	websocket bool // false: another protocol, ended by closing only
 	mu        sync.Mutex
 	frames    wsFraming
 	closed    bool
+	pending   string        // reason of a close frame waiting for the frame in progress
+	flushed   chan struct{} // closed when the pending close frame was written
 }
 
 func (c *hijacked) Write(p []byte) (int, error) {
@@ -525,6 +529,20 @@ func (c *hijacked) Write(p []byte) (int, error) {
 	if c.closed {
 		return 0, net.ErrClosed
 	}
+	if c.pending != "" {
+		k := c.frames.untilBoundary(p)
+		n, err := c.Conn.Write(p[:k])
+		c.frames.feed(p[:n])
+		if err == nil && c.frames.boundary() {
+			_, err = c.Conn.Write(wsCloseFrame(1008, c.pending))
+		}
+		c.closed = true
+		close(c.flushed)
+		if err == nil {
+			err = net.ErrClosed
+		}
+		return n, err
+	}
 	n, err := c.Conn.Write(p)
 	if c.websocket {
 		c.frames.feed(p[:n])
@@ -532,24 +550,41 @@ func (c *hijacked) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// wsEndWait bounds how long ending waits for a write in progress before it
-// closes the connection without a close frame.
+// wsEndWait bounds how long ending waits for a write in progress, or for the
+// rest of a frame in progress, before it closes the connection without a
+// close frame.
 const wsEndWait = 300 * time.Millisecond
 
 // end writes a close frame 1008 (policy violation) with the rejection code
-// as its reason when the connection is between two frames, then closes it.
-// It returns within about 2×wsEndWait, whatever the client does.
+// as its reason between two frames, then closes the connection. It returns
+// within about 2×wsEndWait, whatever the client and the upstream do.
 func (c *hijacked) end(code string) {
-	force := time.AfterFunc(wsEndWait, func() { _ = c.Conn.Close() }) // unblocks a stuck write
+	force := time.AfterFunc(2*wsEndWait, func() { _ = c.Conn.Close() }) // unblocks a stuck write
 	defer force.Stop()
+	defer c.Conn.Close()
 	c.mu.Lock()
-	if !c.closed && c.websocket && c.frames.boundary() {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(wsEndWait))
-		_, _ = c.Conn.Write(wsCloseFrame(1008, code))
+	if c.closed || !c.websocket {
+		c.closed = true
+		c.mu.Unlock()
+		return
 	}
+	if !c.frames.boundary() {
+		c.pending, c.flushed = code, make(chan struct{})
+		flushed := c.flushed
+		c.mu.Unlock()
+		select {
+		case <-flushed:
+		case <-time.After(wsEndWait):
+			c.mu.Lock()
+			c.closed = true
+			c.mu.Unlock()
+		}
+		return
+	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(wsEndWait))
+	_, _ = c.Conn.Write(wsCloseFrame(1008, code))
 	c.closed = true
 	c.mu.Unlock()
-	_ = c.Conn.Close()
 }
 
 // wsCloseFrame is an unmasked (server-to-client) close frame.
@@ -609,3 +644,23 @@ func (f *wsFraming) feed(p []byte) {
 }
 
 func (f *wsFraming) boundary() bool { return f.hn == 0 && f.remain == 0 }
+
+// untilBoundary is how many bytes of p finish the frame in progress (all of
+// p if it does not).
+func (f *wsFraming) untilBoundary(p []byte) int {
+	g := *f
+	for i := 0; i < len(p); {
+		if g.remain > 0 {
+			k := int(min(g.remain, uint64(len(p)-i)))
+			g.remain -= uint64(k)
+			i += k
+		} else {
+			g.feed(p[i : i+1])
+			i++
+		}
+		if g.boundary() {
+			return i
+		}
+	}
+	return len(p)
+}

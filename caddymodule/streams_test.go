@@ -654,3 +654,61 @@ func TestStreamsRecheck(t *testing.T) {
 		}
 	}
 }
+
+// TestHijackedEndMidFrame: ended in the middle of a frame, a WebSocket
+// connection lets that frame finish, writes the close frame 1008 right after
+// it (nothing of the next frame) and closes; if the frame never finishes it
+// closes without a close frame, within its bound.
+func TestHijackedEndMidFrame(t *testing.T) {
+	frame := append([]byte{0x82, 10}, []byte("0123456789")...)
+	next := append([]byte{0x82, 3}, []byte("abc")...)
+	for _, finish := range []bool{true, false} {
+		srv, cli := net.Pipe()
+		got := make(chan []byte, 1)
+		go func() {
+			var all []byte
+			buf := make([]byte, 256)
+			for {
+				n, err := cli.Read(buf)
+				all = append(all, buf[:n]...)
+				if err != nil {
+					got <- all
+					return
+				}
+			}
+		}()
+		c := &hijacked{Conn: srv, websocket: true}
+		if _, err := c.Write(frame[:6]); err != nil {
+			t.Fatal(err)
+		}
+		ended := make(chan struct{})
+		start := time.Now()
+		go func() { c.end("key_revoked"); close(ended) }()
+		for {
+			c.mu.Lock()
+			p := c.pending
+			c.mu.Unlock()
+			if p != "" {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		want := append([]byte{}, frame[:6]...)
+		if finish {
+			rest := append(append([]byte{}, frame[6:]...), next...)
+			n, err := c.Write(rest)
+			if n != len(frame)-6 || !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("write of the rest: %d, %v", n, err)
+			}
+			want = append(append(want, frame[6:]...), wsCloseFrame(1008, "key_revoked")...)
+		}
+		<-ended
+		if d := time.Since(start); d > 3*wsEndWait {
+			t.Fatalf("end took %s", d)
+		}
+		b := <-got
+		if string(b) != string(want) {
+			t.Fatalf("finish=%v: client read %q, want %q", finish, b, want)
+		}
+	}
+}
