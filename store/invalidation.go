@@ -33,6 +33,10 @@ type SecretEnd struct {
 	// (revoked, deleted, rotated out without grace, expired); a later time
 	// is the end of a rotated-out secret's grace period.
 	At time.Time
+	// Code is the gateway's rejection code for requests with the secret
+	// from At on: key_revoked, key_expired or invalid_key (deleted, or
+	// rotated out).
+	Code string
 }
 
 // Subscribe registers fn to be told of every invalidation. fn runs
@@ -93,7 +97,7 @@ func (s *Store) notifyInvalidation(hashes []SecretHash, tenants []string) {
 			// The record could not be read: the write committed but we
 			// cannot tell its effect. Fail closed, as Verify does.
 			s.log.Errorf("invalidation: read key record: %v", err)
-			end, ok = SecretEnd{Hash: h}, true
+			end, ok = SecretEnd{Hash: h, Code: "invalid_key"}, true
 		}
 		if ok {
 			inv.Secrets = append(inv.Secrets, end)
@@ -118,11 +122,11 @@ func (s *Store) secretEnd(h SecretHash, now time.Time) (SecretEnd, bool, error) 
 	var rec keyRecord
 	if err := s.getKeyRecord(h, &rec); err != nil {
 		if errors.Is(err, errKVNotFound) {
-			return SecretEnd{Hash: h}, true, nil // deleted, or rotated out without grace
+			return SecretEnd{Hash: h, Code: "invalid_key"}, true, nil // deleted, or rotated out without grace
 		}
 		return SecretEnd{}, false, err
 	}
-	end := SecretEnd{Hash: h, KeyID: rec.ID}
+	end := SecretEnd{Hash: h, KeyID: rec.ID, Code: "invalid_key"}
 	switch {
 	case rec.isGrace():
 		if rec.GraceOf == nil || !now.Before(*rec.GraceUntil) {
@@ -131,8 +135,10 @@ func (s *Store) secretEnd(h SecretHash, now time.Time) (SecretEnd, bool, error) 
 		end.At = *rec.GraceUntil
 		return end, true, nil
 	case rec.RevokedAt != nil:
+		end.Code = "key_revoked"
 		return end, true, nil
 	case rec.ExpiresAt != nil && !now.Before(*rec.ExpiresAt):
+		end.Code = "key_expired"
 		return end, true, nil
 	}
 	return end, false, nil

@@ -64,7 +64,7 @@ func TestSubscribeDeliversBeforeTheWriteReturns(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := secretsOf(rec.take())
-	if len(got) != 1 || got[0].Hash != h1 || got[0].KeyID != k1.ID || !got[0].At.IsZero() {
+	if len(got) != 1 || got[0].Hash != h1 || got[0].KeyID != k1.ID || !got[0].At.IsZero() || got[0].Code != "key_revoked" {
 		t.Fatalf("revoke delivered %+v", got)
 	}
 
