@@ -154,22 +154,21 @@ func (s *streamRegistry) join(view *store.KeyView, ctx context.Context, full *tr
 // recheck runs once the request is in the live set: an invalidation
 // delivered before that could not see it, so the store is asked again
 // (store.AdmitsUntil: an atomic load and a map lookup when nothing changed).
-// It also sets the request's deadline.
+// It also sets the request's deadline, unless an invalidation since the
+// join set an earlier one.
 func (s *streamRegistry) recheck(st *store.Store, view *store.KeyView, e *liveReq) bool {
-	until, ok := st.AdmitsUntil(view, s.now())
+	until, code, ok := st.AdmitsUntil(view, s.now())
 	if !ok {
 		return false
 	}
 	if until.IsZero() {
 		return true
 	}
-	code := "key_expired"
-	if !until.Equal(view.ValidUntil) || view.ValidUntil.IsZero() {
-		code = "invalid_key" // a rotated-out secret's grace end
-	}
 	sh := s.shard(e.hash)
 	sh.mu.Lock()
-	e.until, e.untilCode = until, code
+	if e.until.IsZero() || until.Before(e.until) {
+		e.until, e.untilCode = until, code
+	}
 	sh.mu.Unlock()
 	s.armExpiry(until)
 	return true

@@ -199,6 +199,7 @@ func waitEnd(t *testing.T, done <-chan error, since time.Time) (time.Duration, e
 // ender makes a key stop admitting; it returns when the call has answered.
 type ender struct {
 	name string
+	code string // the reason the client is given
 	// rotate with grace and expiry end the key later: at is when.
 	end func(t *testing.T, g *streamGateway, keyID string) (at time.Time)
 	// make creates key A (default: a plain key of the default tenant).
@@ -208,25 +209,25 @@ type ender struct {
 }
 
 var enders = []ender{
-	{name: "revoke", end: func(t *testing.T, g *streamGateway, id string) time.Time {
+	{name: "revoke", code: "key_revoked", end: func(t *testing.T, g *streamGateway, id string) time.Time {
 		if _, err := g.st.RevokeKey("test", store.DefaultTenant, id); err != nil {
 			t.Fatal(err)
 		}
 		return time.Now()
 	}},
-	{name: "delete", end: func(t *testing.T, g *streamGateway, id string) time.Time {
+	{name: "delete", code: "invalid_key", end: func(t *testing.T, g *streamGateway, id string) time.Time {
 		if err := g.st.DeleteKey("test", store.DefaultTenant, id); err != nil {
 			t.Fatal(err)
 		}
 		return time.Now()
 	}},
-	{name: "rotate", end: func(t *testing.T, g *streamGateway, id string) time.Time {
+	{name: "rotate", code: "invalid_key", end: func(t *testing.T, g *streamGateway, id string) time.Time {
 		if _, _, err := g.st.RotateKey("test", store.DefaultTenant, id, store.RotateInput{}); err != nil {
 			t.Fatal(err)
 		}
 		return time.Now()
 	}},
-	{name: "rotate_grace", end: func(t *testing.T, g *streamGateway, id string) time.Time {
+	{name: "rotate_grace", code: "invalid_key", end: func(t *testing.T, g *streamGateway, id string) time.Time {
 		grace := store.Duration(700 * time.Millisecond)
 		k, _, err := g.st.RotateKey("test", store.DefaultTenant, id, store.RotateInput{GracePeriod: &grace})
 		if err != nil {
@@ -234,7 +235,7 @@ var enders = []ender{
 		}
 		return k.UpdatedAt.Add(time.Duration(grace))
 	}},
-	{name: "expiry",
+	{name: "expiry", code: "key_expired",
 		make: func(t *testing.T, g *streamGateway) (*store.Key, string) {
 			exp := time.Now().Add(700 * time.Millisecond)
 			return newKey(t, g.st, store.DefaultTenant, store.KeyInput{ExpiresAt: &exp})
@@ -246,7 +247,7 @@ var enders = []ender{
 			}
 			return *k.ExpiresAt
 		}},
-	{name: "tenant_disable", otherTenant: true, end: func(t *testing.T, g *streamGateway, id string) time.Time {
+	{name: "tenant_disable", code: "api_keys_disabled", otherTenant: true, end: func(t *testing.T, g *streamGateway, id string) time.Time {
 		if _, err := g.st.UpdateSettings("test", store.DefaultTenant, store.SettingsPatch{APIKeysEnabled: store.Some(false)}); err != nil {
 			t.Fatal(err)
 		}
@@ -288,13 +289,46 @@ func TestStreamsEndWebSocket(t *testing.T) {
 				a.echo(t, "before the end")
 			}
 			took, err := waitEnd(t, a.done, at)
-			if st := websocket.CloseStatus(err); st != websocket.StatusPolicyViolation {
-				t.Fatalf("A ended with %v (status %d), want close 1008", err, st)
+			var ce websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != websocket.StatusPolicyViolation || ce.Reason != e.code {
+				t.Fatalf("A ended with %v, want close 1008 %s", err, e.code)
 			}
 			t.Logf("A closed %s after the end", took.Round(time.Millisecond))
 			b.echo(t, "still here")
 		})
 	}
+}
+
+// TestStreamsRotationEndsOldSecretOnly: a rotation ends the streams of the
+// rotated-out secret (at once, or when its grace ends) and never those of
+// the key's new secret.
+func TestStreamsRotationEndsOldSecretOnly(t *testing.T) {
+	g := startStreamGateway(t)
+	k, sec1 := newKey(t, g.st, store.DefaultTenant, store.KeyInput{})
+	old := dialWS(t, g.url, sec1)
+	grace := store.Duration(500 * time.Millisecond)
+	_, sec2, err := g.st.RotateKey("test", store.DefaultTenant, k.ID, store.RotateInput{GracePeriod: &grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	graceEnd := time.Now().Add(time.Duration(grace))
+	cur := dialWS(t, g.url, sec2)
+	old.echo(t, "in the grace period")
+	if _, err := waitEnd(t, old.done, graceEnd); websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+		t.Fatalf("old secret's socket ended with %v", err)
+	}
+	cur.echo(t, "new secret after the grace")
+	// Rotating again without grace ends the second secret's socket only.
+	_, sec3, err := g.st.RotateKey("test", store.DefaultTenant, k.ID, store.RotateInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	newest := dialWS(t, g.url, sec3)
+	if _, err := waitEnd(t, cur.done, at); websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+		t.Fatalf("second secret's socket ended with %v", err)
+	}
+	newest.echo(t, "newest secret")
 }
 
 // sseStream is an open event stream read in the background.
@@ -482,8 +516,8 @@ func TestStreamsEndGRPC(t *testing.T) {
 			a, b := watchHealth(t, cc, secA), watchHealth(t, ccB, secB)
 			at := e.end(t, g, idA)
 			took, err := waitEnd(t, a.done, at)
-			if status.Code(err) != codes.Unauthenticated {
-				t.Fatalf("A ended with %v, want Unauthenticated", err)
+			if st := status.Convert(err); st.Code() != codes.Unauthenticated || st.Message() != e.code {
+				t.Fatalf("A ended with %v, want Unauthenticated %s", err, e.code)
 			}
 			t.Logf("A ended %s after the end: %v", took.Round(time.Millisecond), err)
 			g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -710,5 +744,69 @@ func TestHijackedEndMidFrame(t *testing.T) {
 		if string(b) != string(want) {
 			t.Fatalf("finish=%v: client read %q, want %q", finish, b, want)
 		}
+	}
+}
+
+type nextFunc func(http.ResponseWriter, *http.Request) error
+
+func (f nextFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
+
+// TestStreamsRevokeRace: requests verified concurrently with a revoke are
+// either refused at tracking or ended by the invalidation — none runs on.
+// (Without the recheck after joining, a request verified just before the
+// revoke and joined just after it would stay open.)
+func TestStreamsRevokeRace(t *testing.T) {
+	opts := store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Decorate: decorate}
+	sh := newShared(opts)
+	st, err := sh.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Destruct()
+	enable(t, st, store.DefaultTenant)
+	var stuck, served, refused atomic.Int32
+	for round := range 30 {
+		k, sec := newKey(t, st, store.DefaultTenant, store.KeyInput{})
+		start := make(chan struct{})
+		done := make(chan struct{})
+		const workers = 8
+		for range workers {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				<-start
+				view, verdict, err := st.Verify(store.DefaultTenant, sec, time.Now())
+				if err != nil || verdict != store.VerdictValid {
+					return // the revoke came first
+				}
+				r := httptest.NewRequest("POST", "/", nil)
+				r.ProtoMajor = 2
+				r.Header.Set("Content-Type", "application/grpc")
+				next := nextFunc(func(w http.ResponseWriter, r *http.Request) error {
+					served.Add(1)
+					select {
+					case <-r.Context().Done():
+						return r.Context().Err()
+					case <-time.After(3 * time.Second):
+						stuck.Add(1)
+						return nil
+					}
+				})
+				if err := sh.streams.serve(httptest.NewRecorder(), r, next, st, view); err != nil {
+					refused.Add(1)
+				}
+			}()
+		}
+		close(start)
+		time.Sleep(time.Duration(round%5) * 50 * time.Microsecond)
+		if _, err := st.RevokeKey("test", store.DefaultTenant, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		for range workers {
+			<-done
+		}
+	}
+	t.Logf("served %d, refused at tracking %d", served.Load(), refused.Load())
+	if n := stuck.Load(); n > 0 {
+		t.Fatalf("%d requests ran on after the revoke", n)
 	}
 }

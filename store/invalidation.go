@@ -145,37 +145,42 @@ func (s *Store) secretEnd(h SecretHash, now time.Time) (SecretEnd, bool, error) 
 }
 
 // AdmitsUntil reports whether v, a view Verify returned as valid, still
-// admits at now, and until when (zero: no deadline). It is current when no
-// write to its secret committed since v was cached (checked with the cache
-// generation, one atomic load); otherwise the committed record decides, so
-// a secret rotated out with grace since gets its grace end. The key's tenant
-// must still have API keys enabled.
+// admits at now, and until when (zero: no deadline) with the rejection code
+// that applies from then on (key_expired, or invalid_key for a rotated-out
+// secret's grace end). It is current when no write to its secret committed
+// since v was cached (checked with the cache generation, one atomic load);
+// otherwise the committed record decides, so a secret rotated out with grace
+// since gets its grace end. The key's tenant must still have API keys
+// enabled.
 //
 // A subscriber that starts tracking a request after Verify calls it once the
 // request is tracked: an invalidation is delivered after the generation bump
 // and the tenant reload, so either this call sees the write or the
 // subscriber's delivery sees the tracked request.
-func (s *Store) AdmitsUntil(v *KeyView, now time.Time) (time.Time, bool) {
-	until := v.ValidUntil
+func (s *Store) AdmitsUntil(v *KeyView, now time.Time) (until time.Time, code string, ok bool) {
+	until, code = v.ValidUntil, "key_expired"
+	if !v.graceUntil.IsZero() && !until.Before(v.graceUntil) {
+		code = "invalid_key"
+	}
 	if !s.TenantEnabled(v.Tenant) || !until.IsZero() && !now.Before(until) {
-		return time.Time{}, false
+		return time.Time{}, "", false
 	}
 	if s.vcache.gen(v.hash).Load() == v.gen {
-		return until, true
+		return until, code, true
 	}
 	end, ended, err := s.secretEnd(v.hash, now)
 	switch {
 	case err != nil:
-		return time.Time{}, false // fail closed
+		return time.Time{}, "", false // fail closed
 	case !ended:
-		return until, true
+		return until, code, true
 	case end.At.IsZero():
-		return time.Time{}, false
+		return time.Time{}, "", false
 	}
 	if until.IsZero() || end.At.Before(until) {
-		until = end.At
+		until, code = end.At, end.Code
 	}
-	return until, true
+	return until, code, true
 }
 
 // SecretHash is the hash of the secret that v was verified with.

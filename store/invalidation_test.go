@@ -164,8 +164,8 @@ func TestAdmitsUntil(t *testing.T) {
 	if err != nil || verdict != VerdictValid {
 		t.Fatal(verdict, err)
 	}
-	if until, ok := s.AdmitsUntil(v, clk.Now()); !ok || !until.Equal(exp) {
-		t.Fatalf("fresh view: %v %v", until, ok)
+	if until, code, ok := s.AdmitsUntil(v, clk.Now()); !ok || !until.Equal(exp) || code != "key_expired" {
+		t.Fatalf("fresh view: %v %q %v", until, code, ok)
 	}
 	// A rotation with grace after the view was taken: the stale view
 	// learns the grace end from the record.
@@ -173,10 +173,10 @@ func TestAdmitsUntil(t *testing.T) {
 	if _, _, err := s.RotateKey("a", "acme", k.ID, RotateInput{GracePeriod: &g}); err != nil {
 		t.Fatal(err)
 	}
-	if until, ok := s.AdmitsUntil(v, clk.Now()); !ok || !until.Equal(clk.Now().Add(time.Minute)) {
-		t.Fatalf("after rotation with grace: %v %v", until, ok)
+	if until, code, ok := s.AdmitsUntil(v, clk.Now()); !ok || !until.Equal(clk.Now().Add(time.Minute)) || code != "invalid_key" {
+		t.Fatalf("after rotation with grace: %v %q %v", until, code, ok)
 	}
-	if _, ok := s.AdmitsUntil(v, clk.Now().Add(time.Minute)); ok {
+	if _, _, ok := s.AdmitsUntil(v, clk.Now().Add(time.Minute)); ok {
 		t.Fatal("admits after its grace end")
 	}
 	// The view of the new secret, then a revoke: a stale view no longer admits.
@@ -185,20 +185,20 @@ func TestAdmitsUntil(t *testing.T) {
 	if _, err := s.RevokeKey("a", "acme", k.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := s.AdmitsUntil(v2, clk.Now()); ok {
+	if _, _, ok := s.AdmitsUntil(v2, clk.Now()); ok {
 		t.Fatal("a revoked key's view still admits")
 	}
 	// Tenant disabled.
 	k3, sec3, _ := s.CreateKey("a", "acme", "alice", KeyInput{Name: "k3"})
 	_ = k3
 	v3, _, _ := s.Verify("acme", sec3, clk.Now())
-	if _, ok := s.AdmitsUntil(v3, clk.Now()); !ok {
+	if _, _, ok := s.AdmitsUntil(v3, clk.Now()); !ok {
 		t.Fatal("fresh view refused")
 	}
 	if _, err := s.UpdateSettings("a", "acme", SettingsPatch{APIKeysEnabled: Some(false)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := s.AdmitsUntil(v3, clk.Now()); ok {
+	if _, _, ok := s.AdmitsUntil(v3, clk.Now()); ok {
 		t.Fatal("admits with the tenant's API keys disabled")
 	}
 }
