@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -76,6 +77,19 @@ func startStreamGateway(t *testing.T) *streamGateway {
 			case <-r.Context().Done():
 				return
 			case <-tick.C:
+			}
+		}
+	})
+	mux.HandleFunc("/download", func(w http.ResponseWriter, r *http.Request) {
+		// 1 GiB with a length, as a file would be; written as fast as the
+		// client reads.
+		const size = 1 << 30
+		w.Header().Set("Content-Length", fmt.Sprint(size))
+		w.Header().Set("Content-Type", "application/octet-stream")
+		chunk := make([]byte, 64<<10)
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
 			}
 		}
 	})
@@ -445,6 +459,57 @@ func TestStreamsEndSSE(t *testing.T) {
 			t.Fatalf("%d connections: the revoke ended the shared one", n)
 		}
 	})
+}
+
+// TestStreamsEndDownload: a large download (a response with a length, not
+// flushed) of a revoked key ends within a second, over HTTP/1.1 and HTTP/2,
+// as an error (the client never takes the cut body for the whole file).
+func TestStreamsEndDownload(t *testing.T) {
+	g := startStreamGateway(t)
+	tr2 := &http.Transport{Protocols: new(http.Protocols)}
+	tr2.Protocols.SetUnencryptedHTTP2(true)
+	for name, tr := range map[string]*http.Transport{"h1": {}, "h2": tr2} {
+		t.Run(name, func(t *testing.T) {
+			c := &http.Client{Transport: tr}
+			defer c.CloseIdleConnections()
+			k, sec := newKey(t, g.st, store.DefaultTenant, store.KeyInput{})
+			req, _ := http.NewRequest("GET", "http://"+g.url+"/download", nil)
+			req.Header.Set("X-API-Key", sec)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 || resp.ContentLength != 1<<30 {
+				t.Fatalf("status %d, length %d", resp.StatusCode, resp.ContentLength)
+			}
+			done := make(chan error, 1)
+			var got atomic.Int64
+			go func() {
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := resp.Body.Read(buf)
+					got.Add(int64(n))
+					if err != nil {
+						done <- err
+						return
+					}
+					time.Sleep(time.Millisecond) // a client slower than loopback
+				}
+			}()
+			for got.Load() < 1<<20 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if _, err := g.st.RevokeKey("test", store.DefaultTenant, k.ID); err != nil {
+				t.Fatal(err)
+			}
+			took, err := waitEnd(t, done, time.Now())
+			if errors.Is(err, io.EOF) {
+				t.Fatal("the cut download ended as if complete")
+			}
+			t.Logf("ended %s after the revoke, %d MiB in: %v", took.Round(time.Millisecond), got.Load()>>20, err)
+		})
+	}
 }
 
 // healthWatch is an open gRPC health Watch stream, read in the background.
