@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -228,47 +229,50 @@ func registerConnContext(srv *caddyhttp.Server) {
 
 // invalidate is the store subscription: it ends the live requests the
 // invalidation names and gives a rotated-out secret's requests its grace end.
+//
+// Each shard is scanned once whatever the number of secrets (a bulk revoke
+// names up to a thousand), under its own lock only.
 func (s *streamRegistry) invalidate(inv store.Invalidation) {
 	now := s.now()
+	var ends [streamShards]map[store.SecretHash]store.SecretEnd
 	for _, se := range inv.Secrets {
-		sh := s.shard(se.Hash)
-		armed := false
-		sh.mu.Lock()
-		for e := sh.head.next; e != &sh.head; e = e.next {
-			if e.hash != se.Hash || e.ended {
-				continue
-			}
-			switch {
-			case se.At.IsZero() || !now.Before(se.At):
-				endLocked(e, se.Code)
-			case e.until.IsZero() || se.At.Before(e.until):
-				e.until, e.untilCode = se.At, se.Code
-				armed = true
-			}
+		i := se.Hash[0] % streamShards
+		if ends[i] == nil {
+			ends[i] = map[store.SecretHash]store.SecretEnd{}
 		}
-		sh.mu.Unlock()
-		if armed {
-			s.armExpiry(se.At)
-		}
+		ends[i][se.Hash] = se
 	}
-	if len(inv.Tenants) == 0 {
-		return
-	}
+	var wake time.Time
 	for i := range s.shards {
+		if ends[i] == nil && len(inv.Tenants) == 0 {
+			continue
+		}
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		for e := sh.head.next; e != &sh.head; e = e.next {
 			if e.ended {
 				continue
 			}
-			for _, t := range inv.Tenants {
-				if e.tenant == t {
-					endLocked(e, "api_keys_disabled")
-					break
+			if slices.Contains(inv.Tenants, e.tenant) {
+				endLocked(e, "api_keys_disabled")
+				continue
+			}
+			se, ok := ends[i][e.hash]
+			switch {
+			case !ok:
+			case se.At.IsZero() || !now.Before(se.At):
+				endLocked(e, se.Code)
+			case e.until.IsZero() || se.At.Before(e.until):
+				e.until, e.untilCode = se.At, se.Code
+				if wake.IsZero() || se.At.Before(wake) {
+					wake = se.At
 				}
 			}
 		}
 		sh.mu.Unlock()
+	}
+	if !wake.IsZero() {
+		s.armExpiry(wake)
 	}
 }
 

@@ -875,3 +875,63 @@ func TestStreamsRevokeRace(t *testing.T) {
 		t.Fatalf("%d requests ran on after the revoke", n)
 	}
 }
+
+// TestStreamsBulkRevoke: one bulk revoke ends the requests of every key it
+// names, and only those.
+func TestStreamsBulkRevoke(t *testing.T) {
+	opts := store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Decorate: decorate}
+	sh := newShared(opts)
+	st, err := sh.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Destruct()
+	enable(t, st, store.DefaultTenant)
+	const keys = 40
+	var ids []string
+	ended := make([]chan struct{}, keys)
+	running := make(chan struct{}, keys)
+	for i := range keys {
+		k, sec := newKey(t, st, store.DefaultTenant, store.KeyInput{Name: fmt.Sprintf("key %d", i)})
+		if i%2 == 0 {
+			ids = append(ids, k.ID)
+		}
+		view, _, _ := st.Verify(store.DefaultTenant, sec, time.Now())
+		ended[i] = make(chan struct{})
+		r := httptest.NewRequest("POST", "/", nil)
+		r.ProtoMajor = 2
+		r.Header.Set("Content-Type", "application/grpc")
+		go func() {
+			_ = sh.streams.serve(httptest.NewRecorder(), r, nextFunc(func(w http.ResponseWriter, r *http.Request) error {
+				running <- struct{}{}
+				select {
+				case <-r.Context().Done():
+					close(ended[i])
+				case <-time.After(2 * time.Second):
+				}
+				return nil
+			}), st, view)
+		}()
+	}
+	for range keys {
+		<-running
+	}
+	if _, err := st.RevokeKeys("test", store.DefaultTenant, ids); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(endBound)
+	for i := 0; i < keys; i += 2 {
+		select {
+		case <-ended[i]:
+		case <-deadline:
+			t.Fatalf("key %d's request still runs after the bulk revoke", i)
+		}
+	}
+	for i := 1; i < keys; i += 2 {
+		select {
+		case <-ended[i]:
+			t.Fatalf("key %d was not revoked, but its request ended", i)
+		default:
+		}
+	}
+}
