@@ -891,6 +891,8 @@ func TestStreamsBulkRevoke(t *testing.T) {
 	var ids []string
 	ended := make([]chan struct{}, keys)
 	running := make(chan struct{}, keys)
+	release := make(chan struct{})
+	defer close(release)
 	for i := range keys {
 		k, sec := newKey(t, st, store.DefaultTenant, store.KeyInput{Name: fmt.Sprintf("key %d", i)})
 		if i%2 == 0 {
@@ -907,7 +909,7 @@ func TestStreamsBulkRevoke(t *testing.T) {
 				select {
 				case <-r.Context().Done():
 					close(ended[i])
-				case <-time.After(2 * time.Second):
+				case <-release:
 				}
 				return nil
 			}), st, view)
