@@ -33,7 +33,9 @@ import (
 // What is tracked. Every admitted request joins a live set for as long as
 // its handler runs, because which responses will stream (an LLM answer, a
 // large download) is only known from the response, after the point where a
-// request could still be wrapped. Joining must cost ordinary requests
+// request could still be wrapped: picking requests by their headers
+// (Upgrade, gRPC, Accept: text/event-stream) would miss the OpenAI SDKs,
+// which ask for a stream in the JSON body. Joining must cost ordinary requests
 // nothing measurable, so the set is sharded by secret hash, each shard an
 // intrusive list under its own mutex, and entries are pooled: join and
 // leave are a pool get/put and two list splices (0 allocations). How a
@@ -50,7 +52,8 @@ import (
 //   - HTTP/1.1 Upgrade (WebSocket): the writer is wrapped so that the
 //     hijacked connection is wrapped too; the wrapper follows the
 //     server-to-client frame boundaries, so the end can write a close frame
-//     1008 between two frames, then the request's context is cancelled
+//     1008 between two frames (letting a frame in progress finish, within
+//     a bound), then the request's context is cancelled
 //     (reverse_proxy closes both sides) and the connection closed.
 //   - HTTP/2 and HTTP/3: streams share a connection, so only the handler
 //     can end one: its context is cancelled (reverse_proxy stops reading
@@ -58,7 +61,8 @@ import (
 //     handler's abort then resets that stream alone (RST_STREAM), or a gRPC
 //     stream gets trailers grpc-status 16 when the response is between two
 //     messages (or trailers-only if nothing was sent yet). This costs these
-//     requests a context and a wrapper (see the notes for the figures).
+//     requests a context, a request copy and a wrapper (4 allocations,
+//     about 0.3 µs: BenchmarkHandlerHitH2).
 type streamRegistry struct {
 	shards [streamShards]streamShard
 	now    func() time.Time
@@ -88,10 +92,10 @@ type liveReq struct {
 	prev, next *liveReq
 	hash       store.SecretHash
 	tenant     string
-	until      time.Time // zero: no deadline
-	untilCode  string    // rejection code once until has passed
-	ctx        context.Context
-	full       *tracked // nil: an HTTP/1.x request ended by closing its connection
+	until      time.Time       // zero: no deadline
+	untilCode  string          // rejection code once until has passed
+	ctx        context.Context // HTTP/1.x: the request's, whose ConnCtxKey value is closed to end it
+	full       *tracked        // nil: an HTTP/1.x request ended by closing its connection
 	ended      bool
 }
 
@@ -362,9 +366,7 @@ func (t *tracked) Write(p []byte) (int, error) {
 	if t.ended.Load() {
 		return 0, errStreamEnded
 	}
-	if !t.wroteHeader {
-		t.wroteHeader = true
-	}
+	t.wroteHeader = true
 	n, err := t.ResponseWriter.Write(p)
 	if t.grpc {
 		t.frames.feed(p[:n])
