@@ -206,10 +206,15 @@ type shared struct {
 	limiters  limiterSet
 	outcomes  outcomeCounters
 	adminAuth adminAuthCounters
+
+	// streams are the requests in flight, ended when their key stops
+	// admitting (streams.go); told by the store's subscription.
+	streams     *streamRegistry
+	unsubscribe func()
 }
 
 func newShared(opts store.Options) *shared {
-	return &shared{opts: opts, ready: make(chan struct{})}
+	return &shared{opts: opts, ready: make(chan struct{}), streams: newStreamRegistry(time.Now)}
 }
 
 func (s *shared) sameOptions(o store.Options) bool {
@@ -230,6 +235,7 @@ func (s *shared) open() (*store.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open api key store at %s: %w", s.opts.Dir, err)
 	}
+	s.unsubscribe = st.Subscribe(s.streams.invalidate)
 	s.st = st
 	close(s.ready)
 	return st, nil
@@ -253,6 +259,8 @@ func (s *shared) Destruct() error {
 	if s.st == nil {
 		return nil
 	}
+	s.unsubscribe()
+	s.streams.close()
 	return s.st.Close()
 }
 

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -48,9 +49,12 @@ func (nopHandler) ServeHTTP(http.ResponseWriter, *http.Request) error { return n
 // runBench serves one request per iteration the way Caddy's server does
 // (fresh replacer, PrepareRequest), through h or, with h nil, straight to
 // the next handler: the difference between the two is the gateway's cost.
-func runBench(b *testing.B, h *Handler, secret string) {
+func runBench(b *testing.B, h *Handler, secret string) { runBenchProto(b, h, secret, 1) }
+
+func runBenchProto(b *testing.B, h *Handler, secret string, major int) {
 	srv := new(caddyhttp.Server)
 	req := httptest.NewRequest("GET", "http://gw/orders/1", nil)
+	req.ProtoMajor = major
 	req.RemoteAddr = "192.0.2.10:4000"
 	w := httptest.NewRecorder()
 	b.ReportAllocs()
@@ -86,4 +90,28 @@ func BenchmarkHandlerHit(b *testing.B) {
 func BenchmarkHandlerHitAllowlist(b *testing.B) {
 	h, secret := benchHandler(b, store.KeyInput{IPAllowlist: []string{"198.51.100.0/24", "192.0.2.0/24"}})
 	runBench(b, h, secret)
+}
+
+// BenchmarkHandlerHitH2 is BenchmarkHandlerHit over HTTP/2: such a request
+// can only be ended from its own handler, so it gets a cancellable context
+// and a wrapped writer (streams.go); compare with BenchmarkHandlerHit.
+func BenchmarkHandlerHitH2(b *testing.B) {
+	h, secret := benchHandler(b, store.KeyInput{})
+	runBenchProto(b, h, secret, 2)
+}
+
+// BenchmarkStreamsTrack is what tracking adds to an admitted HTTP/1.1
+// request: join the live set, recheck, leave (streams.go).
+func BenchmarkStreamsTrack(b *testing.B) {
+	h, secret := benchHandler(b, store.KeyInput{})
+	st, _ := h.shared.store()
+	view, _, _ := st.Verify(store.DefaultTenant, secret, time.Now())
+	req := httptest.NewRequest("GET", "http://gw/orders/1", nil)
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := h.shared.streams.serve(w, req, nopHandler{}, st, view); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

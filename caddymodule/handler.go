@@ -94,6 +94,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := debugLogRefusal(ctx, srv, h.strip); err != nil {
 		return fmt.Errorf("api_key: %w", err)
 	}
+	registerConnContext(srv) // HTTP/1.x streams end by closing their connection (streams.go)
 	return nil
 }
 
@@ -231,7 +232,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.stripIdentity(r.Header)
 	st.RecordUse(view, ip, store.OutcomeOK, now)
 	h.shared.outcomes.inc(outcomeOK)
-	return next.ServeHTTP(w, r)
+	// Tracked while it runs: ended if the key stops admitting (streams.go).
+	return h.shared.streams.serve(w, r, next, st, view)
 }
 
 // groupFor applies allow_groups and the key's group rules. It returns the

@@ -152,6 +152,8 @@ type Store struct {
 	flushLog *logThrottle // the flusher's failures, logged once then summarised
 	denied   deniedSummaries
 
+	subscriptions // invalidation subscribers (invalidation.go)
+
 	cmu       sync.Mutex
 	keyCounts map[string]int // tenant → keys, filled lazily
 
@@ -375,8 +377,14 @@ func mustJSON(v any) []byte {
 // onChange is the KV watch callback: it keeps the verification cache and the
 // in-memory tenant/group state in step with every committed write — ours or,
 // with a networked KV, another node's.
+//
+// It then tells invalidation subscribers what stopped admitting
+// (invalidation.go): after the caches and the tenant state are current, and
+// still before the write returns.
 func (s *Store) onChange(keys [][]byte) {
 	reloadHot := false
+	var hashes []SecretHash
+	var tenants []string
 	for _, key := range keys {
 		ks := string(key)
 		switch {
@@ -384,7 +392,11 @@ func (s *Store) onChange(keys [][]byte) {
 			var h SecretHash
 			copy(h[:], key[len(pKeyHash):])
 			s.invalidate(h)
-		case hasPrefix(ks, pTenant), hasPrefix(ks, pGroup):
+			hashes = append(hashes, h)
+		case hasPrefix(ks, pTenant):
+			reloadHot = true
+			tenants = append(tenants, ks[len(pTenant):])
+		case hasPrefix(ks, pGroup):
 			reloadHot = true
 		}
 	}
@@ -392,6 +404,9 @@ func (s *Store) onChange(keys [][]byte) {
 		if err := s.reloadHot(); err != nil {
 			s.log.Errorf("reload tenants and groups: %v", err)
 		}
+	}
+	if len(hashes) > 0 || len(tenants) > 0 {
+		s.notifyInvalidation(hashes, tenants)
 	}
 }
 
