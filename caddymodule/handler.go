@@ -3,10 +3,8 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -152,14 +150,14 @@ func validRealm(s string) error {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	cred := h.credentials(r)
 	if cred.duplicate {
-		return h.reject(w, r, outcomeInvalidKey, http.StatusUnauthorized, "a credential source was sent more than once")
+		return h.deny(w, r, outcomeDuplicateKey, denial{})
 	}
 	secret := cred.secret
 	if secret == "" {
-		return h.reject(w, r, outcomeMissingKey, http.StatusUnauthorized, "an API key is required (X-API-Key or Authorization: Bearer)")
+		return h.deny(w, r, outcomeMissingKey, denial{})
 	}
 	if len(secret) > store.MaxSecretLen {
-		return h.reject(w, r, outcomeInvalidKey, http.StatusUnauthorized, "invalid API key")
+		return h.deny(w, r, outcomeInvalidKey, denial{})
 	}
 	st, err := h.shared.store()
 	if err != nil {
@@ -170,47 +168,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return h.unavailable(w, r, err)
 	}
+	d := denial{st: st, view: view, now: now}
 	switch verdict {
 	case store.VerdictInvalid:
-		return h.reject(w, r, outcomeInvalidKey, http.StatusUnauthorized, "invalid API key")
+		return h.deny(w, r, outcomeInvalidKey, denial{})
 	case store.VerdictRevoked:
-		st.RecordUse(view, netip.Addr{}, store.OutcomeRevoked, now)
-		return h.reject(w, r, outcomeRevoked, http.StatusUnauthorized, "this API key has been revoked")
+		return h.deny(w, r, outcomeRevoked, d)
 	case store.VerdictExpired:
-		st.RecordUse(view, netip.Addr{}, store.OutcomeExpired, now)
-		return h.reject(w, r, outcomeExpired, http.StatusUnauthorized, "this API key has expired")
+		return h.deny(w, r, outcomeExpired, d)
 	}
 	if !st.TenantEnabled(h.Tenant) {
-		st.RecordUse(view, netip.Addr{}, store.OutcomeDisabled, now)
-		return h.reject(w, r, outcomeDisabled, http.StatusForbidden, "API keys are disabled for this tenant")
+		return h.deny(w, r, outcomeDisabled, d)
 	}
 	ip := clientIP(r)
+	d.ip = ip
 	if view.Allow != nil {
 		if r.TLS != nil && !r.TLS.HandshakeComplete {
-			// 0-RTT: the client address is not verified yet (as Caddy's
-			// remote_ip matcher does).
-			return caddyhttp.Error(http.StatusTooEarly, errors.New("TLS handshake not complete"))
+			return h.deny(w, r, outcomeTooEarly, d)
 		}
 		if !ip.IsValid() || !view.Allow.Contains(ip) {
-			st.RecordUse(view, ip, store.OutcomeIPNotAllowed, now)
-			return h.reject(w, r, outcomeIPNotAllowed, http.StatusForbidden, "this API key may not be used from this IP address")
+			return h.deny(w, r, outcomeIPNotAllowed, d)
 		}
 	}
 	group, ok := h.groupFor(st, view, r)
 	if !ok {
-		st.RecordUse(view, ip, store.OutcomeForbidden, now)
-		return h.reject(w, r, outcomeForbidden, http.StatusForbidden, "this API key may not call this route")
+		return h.deny(w, r, outcomeForbidden, d)
 	}
 	if group != nil && group.RateLimit != nil {
-		d := h.shared.limiters.allow(view.ID, group.RateLimit, now)
-		if !d.allowed {
-			hdr := w.Header()
-			hdr.Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(d.retryAfter)))))
-			hdr.Set("RateLimit-Limit", strconv.Itoa(d.limit))
-			hdr.Set("RateLimit-Remaining", strconv.Itoa(d.remaining))
-			hdr.Set("RateLimit-Reset", strconv.Itoa(max(1, int(math.Ceil(d.resetAfter)))))
-			st.RecordUse(view, ip, store.OutcomeRateLimited, now)
-			return h.reject(w, r, outcomeRateLimited, http.StatusTooManyRequests, "rate limit exceeded")
+		if d.limit = h.shared.limiters.allow(view.ID, group.RateLimit, now); !d.limit.allowed {
+			return h.deny(w, r, outcomeRateLimited, d)
 		}
 	}
 
@@ -272,7 +258,7 @@ func clientIP(r *http.Request) netip.Addr {
 
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
 	h.logger.Error("api key store unavailable; failing closed", zap.Error(err))
-	return h.reject(w, r, outcomeUnavailable, http.StatusServiceUnavailable, "the API key store is unavailable")
+	return h.deny(w, r, outcomeUnavailable, denial{})
 }
 
 // Interface guards
