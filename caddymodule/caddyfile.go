@@ -117,6 +117,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	    bearer            on|off
 //	    strip_credentials on|off
 //	    allow_groups      <group...>
+//	    cors              <origin...>|*
 //	    realm             <name>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -151,6 +152,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.StripCredentials = &on
 			}
+		case "cors":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, o := range args {
+				if o == "*" {
+					continue
+				}
+				if _, err := normalOrigin(o); err != nil {
+					return d.Errf("cors origin %q: %v", o, err)
+				}
+			}
+			h.CORS = append(h.CORS, args...)
+			continue
 		case "allow_groups":
 			h.AllowGroups = append(h.AllowGroups, d.RemainingArgs()...)
 			if len(h.AllowGroups) == 0 {

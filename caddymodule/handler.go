@@ -47,10 +47,20 @@ type Handler struct {
 	// AllowGroups, when set, admits only keys of these groups on this route.
 	AllowGroups []string `json:"allow_groups,omitempty"`
 
+	// CORS lists the origins whose browser pages may call this route, as
+	// browsers send them in Origin ("https://app.example.com",
+	// "http://127.0.0.1:5173"), or "*" for every origin. keygate answers
+	// their preflights itself (204, never reaching the upstream) and makes
+	// every answer to them readable by the page, rejections included
+	// (Access-Control-Allow-Origin and -Expose-Headers). Requests from
+	// other origins are handled as if the option were absent. Default: none.
+	CORS []string `json:"cors,omitempty"`
+
 	shared *shared
 	header string // canonical form of Header
 	bearer bool
 	strip  bool
+	cors   *corsPolicy // nil without the cors option
 	// challenge and challengeInvalid are the WWW-Authenticate values of a
 	// 401 without and with a presented credential.
 	challenge, challengeInvalid string
@@ -110,6 +120,11 @@ func (h *Handler) provisionDefaults() error {
 	}
 	h.challenge = `Bearer realm="` + h.Realm + `"`
 	h.challengeInvalid = h.challenge + `, error="invalid_token"`
+	cors, err := newCORSPolicy(h.CORS, h.header)
+	if err != nil {
+		return fmt.Errorf("api_key: %w", err)
+	}
+	h.cors = cors
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -128,6 +143,9 @@ func (h *Handler) Validate() error {
 	}
 	if err := validRealm(h.Realm); err != nil {
 		return fmt.Errorf("api_key: realm %q: %w", h.Realm, err)
+	}
+	if _, err := newCORSPolicy(h.CORS, h.header); err != nil {
+		return fmt.Errorf("api_key: %w", err)
 	}
 	return nil
 }
@@ -149,6 +167,15 @@ func validRealm(s string) error {
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	cred := h.credentials(r)
+	var origin string // the request's Origin, when cors allows it
+	if h.cors != nil {
+		if origin = h.cors.allowedOrigin(r); origin != "" {
+			if !cred.any && isPreflight(r) {
+				return h.preflight(w, r, origin)
+			}
+			corsHeaders(w.Header(), origin)
+		}
+	}
 	if cred.duplicate {
 		return h.deny(w, r, outcomeDuplicateKey, denial{})
 	}
@@ -215,6 +242,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	h.stripIdentity(r.Header)
+	if origin != "" {
+		w = &corsWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origin: origin}
+	}
 	st.RecordUse(view, ip, store.OutcomeOK, now)
 	h.shared.outcomes.inc(outcomeOK)
 	return next.ServeHTTP(w, r)
