@@ -115,6 +115,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	    tenant            <id>
 //	    header            <name>
 //	    bearer            on|off
+//	    query             <param>
 //	    strip_credentials on|off
 //	    allow_groups      <group...>
 //	    cors              <origin...>|*
@@ -127,7 +128,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		switch opt := d.Val(); opt {
-		case "tenant", "header", "realm":
+		case "tenant", "header", "realm", "query":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -136,6 +137,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Tenant = d.Val()
 			case "header":
 				h.Header = d.Val()
+			case "query":
+				if err := validQueryParam(d.Val()); err != nil {
+					return d.Errf("query %q: %v", d.Val(), err)
+				}
+				h.Query = d.Val()
 			default:
 				if err := validRealm(d.Val()); err != nil {
 					return d.Errf("realm %q: %v", d.Val(), err)

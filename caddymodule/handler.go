@@ -33,11 +33,19 @@ type Handler struct {
 	// Bearer also reads "Authorization: Bearer <key>". Default true.
 	Bearer *bool `json:"bearer,omitempty"`
 
+	// Query names a query parameter that carries the key too, read after
+	// the header and Bearer: browsers' WebSocket API cannot set headers.
+	// With strip_credentials it is removed from the URI the upstream sees
+	// (other parameters keep their order and encoding); it is never
+	// written to a log either way. Default: off.
+	Query string `json:"query,omitempty"`
+
 	// StripCredentials removes every credential source that carried a
-	// keygate credential (the key header, and Authorization when it has the
-	// Bearer scheme) before the request goes upstream, so the upstream never
-	// sees a secret. An Authorization header with another scheme (Basic…)
-	// is not keygate's and is left for the upstream. Default true.
+	// keygate credential (the key header, Authorization when it has the
+	// Bearer scheme, the query parameter) before the request goes
+	// upstream, so the upstream never sees a secret. An Authorization
+	// header with another scheme (Basic…) is not keygate's and is left for
+	// the upstream. Default true.
 	StripCredentials *bool `json:"strip_credentials,omitempty"`
 
 	// Realm is the realm of the WWW-Authenticate challenge on every 401.
@@ -96,7 +104,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := headerKept(srv, h.Header); err != nil {
 		return fmt.Errorf("api_key: %w", err)
 	}
-	if err := protectServerLogs(srv, h.header, h.bearer); err != nil {
+	if err := protectServerLogs(srv, h.header, h.bearer, h.Query); err != nil {
 		return fmt.Errorf("api_key: %w", err)
 	}
 	if err := debugLogRefusal(ctx, srv, h.strip); err != nil {
@@ -135,6 +143,11 @@ func (h *Handler) provisionDefaults() error {
 func (h *Handler) Validate() error {
 	if strings.EqualFold(h.header, "Authorization") {
 		return errors.New("api_key: header must not be Authorization (use bearer on)")
+	}
+	if h.Query != "" {
+		if err := validQueryParam(h.Query); err != nil {
+			return fmt.Errorf("api_key: query %q: %w", h.Query, err)
+		}
 	}
 	for _, g := range h.AllowGroups {
 		if g == "" {
@@ -239,6 +252,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		if cred.bearer {
 			delete(r.Header, authorization)
+		}
+		if cred.query {
+			stripQueryParam(r, h.Query)
 		}
 	}
 	h.stripIdentity(r.Header)
