@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -159,9 +157,9 @@ http://127.0.0.1:%[2]d {
 	})
 	t.Run("trailers-only on the wire", func(t *testing.T) {
 		// Raw h2c: one HEADERS frame, status 200, grpc-status in it, no body.
-		tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}}
+		var h2c http.Protocols
+		h2c.SetUnencryptedHTTP2(true)
+		tr := &http.Transport{Protocols: &h2c}
 		defer tr.CloseIdleConnections()
 		for _, c := range []struct {
 			contentType string
@@ -188,6 +186,9 @@ http://127.0.0.1:%[2]d {
 					t.Errorf("%s: %d %s, want keygate's JSON 401", c.contentType, resp.StatusCode, resp.Header.Get("Content-Type"))
 				}
 				continue
+			}
+			if resp.ProtoMajor != 2 {
+				t.Fatalf("%s: answered over %s, want h2c", c.contentType, resp.Proto)
 			}
 			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/grpc" ||
 				resp.Header.Get("Grpc-Status") != "16" || resp.Header.Get("Grpc-Message") != "missing_key" || n != 0 {

@@ -56,7 +56,8 @@ func echoOnce(t *testing.T, ctx context.Context, c *websocket.Conn) {
 // directive's output carries the key, a foreign-looking key included.
 func TestWebSocket(t *testing.T) {
 	logFile := filepath.Join(t.TempDir(), "access.log")
-	g := startGateway(t, "{\n\t\tquery api_key\n\t}",
+	const app = "http://app.example"
+	g := startGateway(t, "{\n\t\tquery api_key\n\t\tcors "+app+"\n\t}",
 		// 0: a plain log directive
 		`http://127.0.0.1:{{PORT}} {
 	bind 127.0.0.1
@@ -109,6 +110,20 @@ func TestWebSocket(t *testing.T) {
 		}
 		if raw, _ := json.Marshal(e); strings.Contains(string(raw), secret) {
 			t.Errorf("the upstream saw the key: %s", raw)
+		}
+		echoOnce(t, ctx, c)
+		c.Close(websocket.StatusNormalClosure, "")
+	})
+	t.Run("from an allowed CORS origin", func(t *testing.T) {
+		// The answer's writer is wrapped for CORS: the upgrade must still
+		// reach the connection underneath.
+		c, e, status := dialWS(t, ctx, ws(g.url)+"/ws?api_key="+secret, http.Header{"Origin": {app}})
+		if c == nil {
+			t.Fatalf("upgrade refused: %d", status)
+		}
+		defer c.CloseNow()
+		if e.RawQuery != "" || e.Headers["Origin"][0] != app {
+			t.Errorf("upstream saw %+v", e)
 		}
 		echoOnce(t, ctx, c)
 		c.Close(websocket.StatusNormalClosure, "")
