@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // The query option (SPEC 3): a browser's WebSocket cannot set headers, so
@@ -95,9 +97,16 @@ func withoutParam(raw, name string) string {
 
 // stripQueryParam removes the parameter from the request the next handlers
 // see: the URL reverse_proxy forwards and the RequestURI placeholders read.
+// Caddy puts the original URL back before handle_errors routes run
+// (Server.ServeHTTP, caddy#3717), from a copy it keeps in the request's
+// context: the parameter goes from that copy too, so an error route that
+// proxies does not forward the key.
 func stripQueryParam(r *http.Request, name string) {
 	q := withoutParam(r.URL.RawQuery, name)
 	r.URL.RawQuery = q
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil && orig.URL != r.URL {
+		orig.URL.RawQuery = withoutParam(orig.URL.RawQuery, name)
+	}
 	if i := strings.IndexByte(r.RequestURI, '?'); i >= 0 {
 		if q == "" {
 			r.RequestURI = r.RequestURI[:i]

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -80,6 +81,17 @@ func TestWebSocket(t *testing.T) {
 		strip_credentials off
 	}
 	reverse_proxy {{UPSTREAM}}
+}`,
+		// 2: the upstream is down and handle_errors proxies elsewhere
+		`http://127.0.0.1:{{PORT}} {
+	bind 127.0.0.1
+	api_key {
+		query api_key
+	}
+	reverse_proxy 127.0.0.1:`+fmt.Sprint(freePort(t))+`
+	handle_errors {
+		reverse_proxy {{UPSTREAM}}
+	}
 }`)
 	enable(t, g.st, store.DefaultTenant)
 	_, secret := newKey(t, g.st, store.DefaultTenant, store.KeyInput{})
@@ -127,6 +139,17 @@ func TestWebSocket(t *testing.T) {
 		}
 		echoOnce(t, ctx, c)
 		c.Close(websocket.StatusNormalClosure, "")
+	})
+	t.Run("handle_errors routes do not get it back", func(t *testing.T) {
+		// Caddy restores the original URL for handle_errors: an error
+		// route that proxies must not forward the key.
+		r := get(t, g.extra["2"]+"/x?b=1&api_key="+secret, nil)
+		if r.status != 200 {
+			t.Fatalf("error route: %d %s", r.status, r.body)
+		}
+		if e := r.echo(t); e.RawQuery != "b=1" {
+			t.Errorf("the error route's upstream saw query %q", e.RawQuery)
+		}
 	})
 	t.Run("refusals", func(t *testing.T) {
 		for _, c := range []struct {
