@@ -74,7 +74,7 @@ func (a *AdminHandler) Provision(ctx caddy.Context) error {
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		// Operator and user tokens arrive as Bearer: hidden from this
 		// server's logs even with log_credentials on.
-		if err := protectServerLogs(srv, "", true); err != nil {
+		if err := protectServerLogs(srv, "", true, ""); err != nil {
 			return fmt.Errorf("api_key_admin: %w", err)
 		}
 	}

@@ -128,8 +128,10 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	    tenant            <id>
 //	    header            <name>
 //	    bearer            on|off
+//	    query             <param>
 //	    strip_credentials on|off
 //	    allow_groups      <group...>
+//	    cors              <origin...>|*
 //	    realm             <name>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -139,7 +141,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		switch opt := d.Val(); opt {
-		case "tenant", "header", "realm":
+		case "tenant", "header", "realm", "query":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -148,6 +150,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Tenant = d.Val()
 			case "header":
 				h.Header = d.Val()
+			case "query":
+				if err := validQueryParam(d.Val()); err != nil {
+					return d.Errf("query %q: %v", d.Val(), err)
+				}
+				h.Query = d.Val()
 			default:
 				if err := validRealm(d.Val()); err != nil {
 					return d.Errf("realm %q: %v", d.Val(), err)
@@ -164,6 +171,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.StripCredentials = &on
 			}
+		case "cors":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, o := range args {
+				if o == "*" {
+					continue
+				}
+				if _, err := normalOrigin(o); err != nil {
+					return d.Errf("cors origin %q: %v", o, err)
+				}
+			}
+			h.CORS = append(h.CORS, args...)
+			continue
 		case "allow_groups":
 			h.AllowGroups = append(h.AllowGroups, d.RemainingArgs()...)
 			if len(h.AllowGroups) == 0 {

@@ -7,14 +7,14 @@ import (
 
 // presented is what a request carried in keygate's credential sources.
 // Sources are read in the spec's order: the key header, then
-// "Authorization: Bearer" (a query parameter would come third: one more
-// source here, stripped like the others).
+// "Authorization: Bearer", then the query parameter (option query).
 type presented struct {
 	secret    string // the credential to verify: the first non-blank source
 	any       bool   // some source carried a non-blank credential
 	duplicate bool   // a source was present more than once: 401 invalid_key
 	header    bool   // the key header is present (stripped on admit)
 	bearer    bool   // Authorization carries the Bearer scheme (stripped on admit)
+	query     bool   // the query parameter is present (stripped on admit)
 }
 
 // authorization is http.CanonicalHeaderKey("Authorization").
@@ -51,6 +51,18 @@ func (h *Handler) credentials(r *http.Request) presented {
 				if p.secret == "" {
 					p.secret = tok
 				}
+			}
+		}
+	}
+	if h.Query != "" && r.URL.RawQuery != "" {
+		v, n := queryParam(r.URL.RawQuery, h.Query)
+		p.query = n > 0
+		if n > 1 {
+			p.duplicate, p.any = true, true
+		} else if v = strings.TrimSpace(v); v != "" {
+			p.any = true
+			if p.secret == "" {
+				p.secret = v
 			}
 		}
 	}

@@ -3,10 +3,8 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -35,11 +33,19 @@ type Handler struct {
 	// Bearer also reads "Authorization: Bearer <key>". Default true.
 	Bearer *bool `json:"bearer,omitempty"`
 
+	// Query names a query parameter that carries the key too, read after
+	// the header and Bearer: browsers' WebSocket API cannot set headers.
+	// With strip_credentials it is removed from the URI the upstream sees
+	// (other parameters keep their order and encoding); it is never
+	// written to a log either way. Default: off.
+	Query string `json:"query,omitempty"`
+
 	// StripCredentials removes every credential source that carried a
-	// keygate credential (the key header, and Authorization when it has the
-	// Bearer scheme) before the request goes upstream, so the upstream never
-	// sees a secret. An Authorization header with another scheme (Basic…)
-	// is not keygate's and is left for the upstream. Default true.
+	// keygate credential (the key header, Authorization when it has the
+	// Bearer scheme, the query parameter) before the request goes
+	// upstream, so the upstream never sees a secret. An Authorization
+	// header with another scheme (Basic…) is not keygate's and is left for
+	// the upstream. Default true.
 	StripCredentials *bool `json:"strip_credentials,omitempty"`
 
 	// Realm is the realm of the WWW-Authenticate challenge on every 401.
@@ -49,10 +55,20 @@ type Handler struct {
 	// AllowGroups, when set, admits only keys of these groups on this route.
 	AllowGroups []string `json:"allow_groups,omitempty"`
 
+	// CORS lists the origins whose browser pages may call this route, as
+	// browsers send them in Origin ("https://app.example.com",
+	// "http://127.0.0.1:5173"), or "*" for every origin. keygate answers
+	// their preflights itself (204, never reaching the upstream) and makes
+	// every answer to them readable by the page, rejections included
+	// (Access-Control-Allow-Origin and -Expose-Headers). Requests from
+	// other origins are handled as if the option were absent. Default: none.
+	CORS []string `json:"cors,omitempty"`
+
 	shared *shared
 	header string // canonical form of Header
 	bearer bool
 	strip  bool
+	cors   *corsPolicy // nil without the cors option
 	// challenge and challengeInvalid are the WWW-Authenticate values of a
 	// 401 without and with a presented credential.
 	challenge, challengeInvalid string
@@ -88,7 +104,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := headerKept(srv, h.Header); err != nil {
 		return fmt.Errorf("api_key: %w", err)
 	}
-	if err := protectServerLogs(srv, h.header, h.bearer); err != nil {
+	if err := protectServerLogs(srv, h.header, h.bearer, h.Query); err != nil {
 		return fmt.Errorf("api_key: %w", err)
 	}
 	if err := debugLogRefusal(ctx, srv, h.strip); err != nil {
@@ -113,6 +129,11 @@ func (h *Handler) provisionDefaults() error {
 	}
 	h.challenge = `Bearer realm="` + h.Realm + `"`
 	h.challengeInvalid = h.challenge + `, error="invalid_token"`
+	cors, err := newCORSPolicy(h.CORS, h.header)
+	if err != nil {
+		return fmt.Errorf("api_key: %w", err)
+	}
+	h.cors = cors
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -124,6 +145,11 @@ func (h *Handler) Validate() error {
 	if strings.EqualFold(h.header, "Authorization") {
 		return errors.New("api_key: header must not be Authorization (use bearer on)")
 	}
+	if h.Query != "" {
+		if err := validQueryParam(h.Query); err != nil {
+			return fmt.Errorf("api_key: query %q: %w", h.Query, err)
+		}
+	}
 	for _, g := range h.AllowGroups {
 		if g == "" {
 			return errors.New("api_key: allow_groups has an empty group name")
@@ -131,6 +157,9 @@ func (h *Handler) Validate() error {
 	}
 	if err := validRealm(h.Realm); err != nil {
 		return fmt.Errorf("api_key: realm %q: %w", h.Realm, err)
+	}
+	if _, err := newCORSPolicy(h.CORS, h.header); err != nil {
+		return fmt.Errorf("api_key: %w", err)
 	}
 	return nil
 }
@@ -152,15 +181,24 @@ func validRealm(s string) error {
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	cred := h.credentials(r)
+	var origin string // the request's Origin, when cors allows it
+	if h.cors != nil {
+		if origin = h.cors.allowedOrigin(r); origin != "" {
+			if !cred.any && isPreflight(r) {
+				return h.preflight(w, r, origin)
+			}
+			corsHeaders(w.Header(), origin)
+		}
+	}
 	if cred.duplicate {
-		return h.reject(w, r, outcomeInvalidKey, http.StatusUnauthorized, "a credential source was sent more than once")
+		return h.deny(w, r, outcomeDuplicateKey, denial{})
 	}
 	secret := cred.secret
 	if secret == "" {
-		return h.reject(w, r, outcomeMissingKey, http.StatusUnauthorized, "an API key is required (X-API-Key or Authorization: Bearer)")
+		return h.deny(w, r, outcomeMissingKey, denial{})
 	}
 	if len(secret) > store.MaxSecretLen {
-		return h.reject(w, r, outcomeInvalidKey, http.StatusUnauthorized, "invalid API key")
+		return h.deny(w, r, outcomeInvalidKey, denial{})
 	}
 	st, err := h.shared.store()
 	if err != nil {
@@ -171,47 +209,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return h.unavailable(w, r, err)
 	}
+	d := denial{st: st, view: view, now: now}
 	switch verdict {
 	case store.VerdictInvalid:
-		return h.reject(w, r, outcomeInvalidKey, http.StatusUnauthorized, "invalid API key")
+		return h.deny(w, r, outcomeInvalidKey, denial{})
 	case store.VerdictRevoked:
-		st.RecordUse(view, netip.Addr{}, store.OutcomeRevoked, now)
-		return h.reject(w, r, outcomeRevoked, http.StatusUnauthorized, "this API key has been revoked")
+		return h.deny(w, r, outcomeRevoked, d)
 	case store.VerdictExpired:
-		st.RecordUse(view, netip.Addr{}, store.OutcomeExpired, now)
-		return h.reject(w, r, outcomeExpired, http.StatusUnauthorized, "this API key has expired")
+		return h.deny(w, r, outcomeExpired, d)
 	}
 	if !st.TenantEnabled(h.Tenant) {
-		st.RecordUse(view, netip.Addr{}, store.OutcomeDisabled, now)
-		return h.reject(w, r, outcomeDisabled, http.StatusForbidden, "API keys are disabled for this tenant")
+		return h.deny(w, r, outcomeDisabled, d)
 	}
 	ip := clientIP(r)
+	d.ip = ip
 	if view.Allow != nil {
 		if r.TLS != nil && !r.TLS.HandshakeComplete {
-			// 0-RTT: the client address is not verified yet (as Caddy's
-			// remote_ip matcher does).
-			return caddyhttp.Error(http.StatusTooEarly, errors.New("TLS handshake not complete"))
+			return h.deny(w, r, outcomeTooEarly, d)
 		}
 		if !ip.IsValid() || !view.Allow.Contains(ip) {
-			st.RecordUse(view, ip, store.OutcomeIPNotAllowed, now)
-			return h.reject(w, r, outcomeIPNotAllowed, http.StatusForbidden, "this API key may not be used from this IP address")
+			return h.deny(w, r, outcomeIPNotAllowed, d)
 		}
 	}
 	group, ok := h.groupFor(st, view, r)
 	if !ok {
-		st.RecordUse(view, ip, store.OutcomeForbidden, now)
-		return h.reject(w, r, outcomeForbidden, http.StatusForbidden, "this API key may not call this route")
+		return h.deny(w, r, outcomeForbidden, d)
 	}
 	if group != nil && group.RateLimit != nil {
-		d := h.shared.limiters.allow(view.ID, group.RateLimit, now)
-		if !d.allowed {
-			hdr := w.Header()
-			hdr.Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(d.retryAfter)))))
-			hdr.Set("RateLimit-Limit", strconv.Itoa(d.limit))
-			hdr.Set("RateLimit-Remaining", strconv.Itoa(d.remaining))
-			hdr.Set("RateLimit-Reset", strconv.Itoa(max(1, int(math.Ceil(d.resetAfter)))))
-			st.RecordUse(view, ip, store.OutcomeRateLimited, now)
-			return h.reject(w, r, outcomeRateLimited, http.StatusTooManyRequests, "rate limit exceeded")
+		if d.limit = h.shared.limiters.allow(view.ID, group.RateLimit, now); !d.limit.allowed {
+			return h.deny(w, r, outcomeRateLimited, d)
 		}
 	}
 
@@ -228,12 +254,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if cred.bearer {
 			delete(r.Header, authorization)
 		}
+		if cred.query {
+			stripQueryParam(r, h.Query)
+		}
 	}
 	h.stripIdentity(r.Header)
+	if origin != "" {
+		w = &corsWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origin: origin}
+	}
 	st.RecordUse(view, ip, store.OutcomeOK, now)
 	h.shared.outcomes.inc(outcomeOK)
 	// Tracked while it runs: ended if the key stops admitting (streams.go).
-	return h.shared.streams.serve(w, r, next, st, view)
+	err = h.shared.streams.serve(w, r, next, st, view)
+	if stopped, ok := err.(stoppedAdmitting); ok {
+		return h.deny(w, r, outcomeOfCode(stopped.code), denial{})
+	}
+	return err
 }
 
 // groupFor applies allow_groups and the key's group rules. It returns the
@@ -274,7 +310,7 @@ func clientIP(r *http.Request) netip.Addr {
 
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
 	h.logger.Error("api key store unavailable; failing closed", zap.Error(err))
-	return h.reject(w, r, outcomeUnavailable, http.StatusServiceUnavailable, "the API key store is unavailable")
+	return h.deny(w, r, outcomeUnavailable, denial{})
 }
 
 // Interface guards

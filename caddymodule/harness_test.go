@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/filestorage"
 	_ "github.com/caddyserver/caddy/v2/modules/logging"
 	_ "github.com/caddyserver/caddy/v2/modules/metrics"
+	"github.com/coder/websocket"
 
 	"github.com/keygate/keygate/store"
 )
@@ -96,20 +98,68 @@ func sharedStore(t testing.TB, dir string) *store.Store {
 	return st
 }
 
-// echoUpstream answers every request with the headers it received, as JSON.
-func echoUpstream(t testing.TB) *httptest.Server {
+// upstream is the echo server behind the gateways in tests.
+type upstream struct {
+	*httptest.Server
+	options atomic.Int64 // OPTIONS requests it received
+}
+
+// echoUpstream answers every request with what it received (method, path,
+// raw query, headers), as JSON, and counts OPTIONS requests. A WebSocket
+// upgrade is accepted: the first message is the same JSON, then every
+// message is echoed back. With ?upstream_cors=1 it adds its own
+// Access-Control-Allow-Origin: *, as an API doing CORS itself would.
+func echoUpstream(t testing.TB) *upstream {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up := new(upstream)
+	up.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodOptions {
+			up.options.Add(1)
+		}
+		seen := echoed{Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Headers: r.Header}
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			echoWebSocket(w, r, seen)
+			return
+		}
+		if r.URL.Query().Get("upstream_cors") == "1" {
+			w.Header().Set("Access-Control-Allow-Origin", "*")
+		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]any{"path": r.URL.Path, "headers": r.Header})
+		_ = json.NewEncoder(w).Encode(seen)
 	}))
-	t.Cleanup(srv.Close)
-	return srv
+	t.Cleanup(up.Close)
+	return up
+}
+
+// echoWebSocket accepts the upgrade, sends what the handshake carried, then
+// echoes messages until the client goes away.
+func echoWebSocket(w http.ResponseWriter, r *http.Request, seen echoed) {
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		return
+	}
+	defer c.CloseNow()
+	ctx := r.Context()
+	first, _ := json.Marshal(seen)
+	if err := c.Write(ctx, websocket.MessageText, first); err != nil {
+		return
+	}
+	for {
+		typ, msg, err := c.Read(ctx)
+		if err != nil {
+			return
+		}
+		if err := c.Write(ctx, typ, msg); err != nil {
+			return
+		}
+	}
 }
 
 type echoed struct {
-	Path    string              `json:"path"`
-	Headers map[string][]string `json:"headers"`
+	Method   string              `json:"method"`
+	Path     string              `json:"path"`
+	RawQuery string              `json:"raw_query"`
+	Headers  map[string][]string `json:"headers"`
 }
 
 type result struct {
@@ -175,6 +225,7 @@ type gateway struct {
 	cfg   string // the Caddyfile it runs
 	dir   string
 	st    *store.Store
+	up    *upstream
 	extra map[string]string // named extra site URLs
 }
 
@@ -187,7 +238,7 @@ func startGateway(t testing.TB, handlerBlock string, extraSites ...string) *gate
 	dir := t.TempDir()
 	port := freePort(t)
 	var sites strings.Builder
-	g := &gateway{url: fmt.Sprintf("http://127.0.0.1:%d", port), dir: dir, extra: map[string]string{}}
+	g := &gateway{url: fmt.Sprintf("http://127.0.0.1:%d", port), dir: dir, up: up, extra: map[string]string{}}
 	for i, s := range extraSites {
 		p := freePort(t)
 		s = strings.ReplaceAll(s, "{{PORT}}", fmt.Sprint(p))

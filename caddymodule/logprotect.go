@@ -46,15 +46,16 @@ import (
 type logRedactor struct {
 	headers []string // canonical names of the credential headers
 	bearer  bool     // some api_key on the server reads Authorization: Bearer
+	params  []string // query parameters that carry keys (option query)
 }
 
 var redactedValue = []string{"REDACTED"}
 
 // protectServerLogs makes srv's access and error logs redact header (none
-// when "") and, with bearer, Authorization: Bearer values, in every request
-// they record. (The coming `query` option adds its parameter here, to be
-// removed from the logged URI.)
-func protectServerLogs(srv *caddyhttp.Server, header string, bearer bool) error {
+// when "") and, with bearer, Authorization: Bearer values, and the value of
+// the query parameter param (none when "") in the logged URI, in every
+// request they record.
+func protectServerLogs(srv *caddyhttp.Server, header string, bearer bool, param string) error {
 	var fields [2]**zap.Logger
 	for i, name := range []string{"errorLogger", "accessLogger"} {
 		f := reflect.ValueOf(srv).Elem().FieldByName(name)
@@ -81,6 +82,9 @@ func protectServerLogs(srv *caddyhttp.Server, header string, bearer bool) error 
 	}
 	if header != "" && !slices.Contains(red.headers, header) {
 		red.headers = append(red.headers, header)
+	}
+	if param != "" && !slices.Contains(red.params, param) {
+		red.params = append(red.params, param)
 	}
 	red.bearer = red.bearer || bearer
 	return nil
@@ -137,7 +141,8 @@ func (r *logRedactor) fields(fields []zapcore.Field) []zapcore.Field {
 			}
 			hdr, hc := r.header(m.Header, m.ShouldLogCredentials)
 			uri, uc := scrubSecrets(m.RequestURI)
-			if !hc && !uc {
+			uri, qc := scrubQueryParams(uri, r.params)
+			if !hc && !uc && !qc {
 				continue
 			}
 			req := m.WithContext(m.Context()) // shallow copy; the logged clone stays as it is

@@ -9,28 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// outcome of one gateway request, for metrics (no per-key labels).
-type outcome uint8
-
-const (
-	outcomeOK outcome = iota
-	outcomeMissingKey
-	outcomeInvalidKey
-	outcomeRevoked
-	outcomeExpired
-	outcomeDisabled
-	outcomeIPNotAllowed
-	outcomeForbidden
-	outcomeRateLimited
-	outcomeUnavailable
-	numOutcomes
-)
-
-var outcomeCodes = [numOutcomes]string{
-	"ok", "missing_key", "invalid_key", "key_revoked", "key_expired",
-	"api_keys_disabled", "ip_not_allowed", "forbidden", "rate_limited", "unavailable",
-}
-
 // outcomeCounters are striped: every request adds to one, and a single
 // shared cache line written by every core on every request costs more than
 // the rest of the bookkeeping.
@@ -115,8 +93,14 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
+	var counts [numOutcomes]uint64
 	for o := range numOutcomes {
-		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.s.outcomes.load(o)), outcomeCodes[o])
+		counts[metricOf[o]] += c.s.outcomes.load(o)
+	}
+	for o := range numOutcomes {
+		if metricOf[o] == o {
+			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(counts[o]), outcomeTable[o].code)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(descAdminAuthFailures, prometheus.CounterValue, float64(c.s.adminAuth.failures.Load()))
 	ch <- prometheus.MustNewConstMetric(descAdminAuthThrottled, prometheus.CounterValue, float64(c.s.adminAuth.throttled.Load()))

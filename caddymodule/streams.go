@@ -120,8 +120,8 @@ func (s *streamRegistry) serve(w http.ResponseWriter, r *http.Request, next cadd
 	if r.ProtoMajor == 1 && r.Header["Upgrade"] == nil {
 		e := s.join(view, r.Context(), nil)
 		defer s.leave(e)
-		if !s.recheck(st, view, e) {
-			return errNoLongerAdmitted
+		if code, ok := s.recheck(st, view, e); !ok {
+			return stoppedAdmitting{code}
 		}
 		return next.ServeHTTP(w, r)
 	}
@@ -131,15 +131,19 @@ func (s *streamRegistry) serve(w http.ResponseWriter, r *http.Request, next cadd
 		websocket: strings.EqualFold(r.Header.Get("Upgrade"), "websocket")}
 	e := s.join(view, ctx, t)
 	defer s.leave(e)
-	if !s.recheck(st, view, e) {
-		return errNoLongerAdmitted
+	if code, ok := s.recheck(st, view, e); !ok {
+		return stoppedAdmitting{code}
 	}
 	return t.serve(next, r.WithContext(ctx))
 }
 
-// errNoLongerAdmitted answers a request whose key stopped admitting between
-// its verification and its tracking (a window of microseconds).
-var errNoLongerAdmitted = caddyhttp.Error(http.StatusUnauthorized, errors.New("the API key stopped admitting requests"))
+// stoppedAdmitting is what serve returns, before calling next, for a request
+// whose key stopped admitting between its verification and its tracking (a
+// window of microseconds); code is the rejection's code (key_revoked, …).
+// The handler answers it through its one deny path, like any rejection.
+type stoppedAdmitting struct{ code string }
+
+func (e stoppedAdmitting) Error() string { return "the API key stopped admitting requests: " + e.code }
 
 // join adds a request to the live set.
 func (s *streamRegistry) join(view *store.KeyView, ctx context.Context, full *tracked) *liveReq {
@@ -161,13 +165,13 @@ func (s *streamRegistry) join(view *store.KeyView, ctx context.Context, full *tr
 // (store.AdmitsUntil: an atomic load and a map lookup when nothing changed).
 // It also sets the request's deadline, unless an invalidation since the
 // join set an earlier one.
-func (s *streamRegistry) recheck(st *store.Store, view *store.KeyView, e *liveReq) bool {
+func (s *streamRegistry) recheck(st *store.Store, view *store.KeyView, e *liveReq) (string, bool) {
 	until, code, ok := st.AdmitsUntil(view, s.now())
 	if !ok {
-		return false
+		return code, false
 	}
 	if until.IsZero() {
-		return true
+		return "", true
 	}
 	sh := s.shard(e.hash)
 	sh.mu.Lock()
@@ -176,7 +180,7 @@ func (s *streamRegistry) recheck(st *store.Store, view *store.KeyView, e *liveRe
 	}
 	sh.mu.Unlock()
 	s.armExpiry(until)
-	return true
+	return "", true
 }
 
 // leave removes a request from the live set.
@@ -335,12 +339,6 @@ func (s *streamRegistry) close() {
 	if s.wake != nil {
 		s.wake.Stop()
 	}
-}
-
-// isGRPC reports a gRPC request (not grpc-web), as the SPEC defines it.
-func isGRPC(r *http.Request) bool {
-	ct := r.Header.Get("Content-Type")
-	return ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+")
 }
 
 // tracked wraps the writer of a request that only its handler can end (an

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/coder/websocket"
 	"google.golang.org/grpc"
@@ -747,8 +746,7 @@ func TestStreamsRecheck(t *testing.T) {
 			t.Fatal(err)
 		}
 		err = sh.streams.serve(httptest.NewRecorder(), r, &next, st, view)
-		var he caddyhttp.HandlerError
-		if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized || next.n != 1 {
+		if stopped, ok := err.(stoppedAdmitting); !ok || stopped.code != "key_revoked" || next.n != 1 {
 			t.Fatalf("HTTP/%d after the revoke: %v, next called %d times", proto, err, next.n)
 		}
 	}

@@ -151,7 +151,8 @@ func (s *Store) secretEnd(h SecretHash, now time.Time) (SecretEnd, bool, error) 
 // since v was cached (checked with the cache generation, one atomic load);
 // otherwise the committed record decides, so a secret rotated out with grace
 // since gets its grace end. The key's tenant must still have API keys
-// enabled.
+// enabled. When it no longer admits (ok false), code says why, as the
+// gateway's outcome table names it (key_revoked, api_keys_disabled, …).
 //
 // A subscriber that starts tracking a request after Verify calls it once the
 // request is tracked: an invalidation is delivered after the generation bump
@@ -162,8 +163,11 @@ func (s *Store) AdmitsUntil(v *KeyView, now time.Time) (until time.Time, code st
 	if !v.graceUntil.IsZero() && !until.Before(v.graceUntil) {
 		code = "invalid_key"
 	}
-	if !s.TenantEnabled(v.Tenant) || !until.IsZero() && !now.Before(until) {
-		return time.Time{}, "", false
+	switch {
+	case !s.TenantEnabled(v.Tenant):
+		return time.Time{}, "api_keys_disabled", false
+	case !until.IsZero() && !now.Before(until):
+		return time.Time{}, code, false
 	}
 	if s.vcache.gen(v.hash).Load() == v.gen {
 		return until, code, true
@@ -171,11 +175,11 @@ func (s *Store) AdmitsUntil(v *KeyView, now time.Time) (until time.Time, code st
 	end, ended, err := s.secretEnd(v.hash, now)
 	switch {
 	case err != nil:
-		return time.Time{}, "", false // fail closed
+		return time.Time{}, "unavailable", false // fail closed
 	case !ended:
 		return until, code, true
 	case end.At.IsZero():
-		return time.Time{}, "", false
+		return time.Time{}, end.Code, false
 	}
 	if until.IsZero() || end.At.Before(until) {
 		until, code = end.At, end.Code
