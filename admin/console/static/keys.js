@@ -8,6 +8,11 @@ import { usageChart } from './chart.js';
 
 const PAGE = 25;
 
+// A click outside an open row menu closes it.
+document.addEventListener('click', (ev) => {
+  for (const m of document.querySelectorAll('details.row-menu[open]')) if (!m.contains(ev.target)) m.open = false;
+});
+
 async function groupOptions() {
   const { groups } = await api.call('GET', api.tpath('groups'), { query: { limit: 500 } });
   return [{ value: '', label: 'None' }, ...groups.map((g) => ({ value: g.name, label: g.name }))];
@@ -37,7 +42,7 @@ export async function keysPage(session) {
   const pageInfo = h('span', { class: 'page-info', role: 'status' });
   const message = h('p', { class: 'form-error', role: 'alert' });
 
-  const cols = ['Name', 'ID', 'Owner', admin ? 'Group' : null, 'Status', 'Expiry', 'Expires', 'Last used', 'Created', 'Updated', 'Actions']
+  const cols = ['Name', 'ID', 'Owner', admin ? 'Group' : null, 'Status', 'Expiry', 'Expires', 'Last used', 'Created', 'Updated', h('span', { class: 'sr-only' }, 'Actions')]
     .filter(Boolean);
   const table = h('table', { class: 'keys', id: 'keys-table' },
     h('caption', { class: 'sr-only' }, admin ? 'API keys of the tenant' : 'Your API keys'),
@@ -65,9 +70,33 @@ export async function keysPage(session) {
         refreshBulk();
       });
     }
+    // The row's actions sit in a "⋯" menu, as in the seeds: a <details>
+    // disclosure, so it opens with Enter or Space and needs no script for
+    // the keyboard; Esc and a click elsewhere close it.
+    const menu = h('details', { class: 'row-menu' });
     const act = (label, cls, fn, show = true) => show
-      ? h('button', { type: 'button', class: `btn small ${cls}`, 'aria-label': `${label} key ${k.name}`, 'data-action': label.toLowerCase(), onclick: fn }, label)
+      ? h('button', { type: 'button', class: `btn menu-item ${cls}`, 'aria-label': `${label} key ${k.name}`, 'data-action': label.toLowerCase(),
+        onclick: () => { menu.open = false; fn(); } }, label)
       : null;
+    menu.append(
+      h('summary', { class: 'btn small', 'aria-label': `Actions for key ${k.name}`, title: 'Actions' }, '⋯'),
+      h('div', { class: 'menu' },
+        act('Usage', '', () => openUsage(k)),
+        act('Edit', '', () => openEdit(k), active),
+        act('Rotate', '', () => openRotate(k), active || k.status === 'expired'),
+        act('Revoke', 'danger', () => openRevoke(k), active),
+        act('Delete', 'danger', () => openDelete(k), mine)));
+    menu.addEventListener('toggle', () => {
+      if (!menu.open) return;
+      for (const other of document.querySelectorAll('details.row-menu[open]')) if (other !== menu) other.open = false;
+    });
+    menu.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape' && menu.open) {
+        ev.preventDefault();
+        menu.open = false;
+        menu.querySelector('summary').focus();
+      }
+    });
     return h('tr', { 'data-id': k.id, 'data-status': k.status },
       check ? h('td', { class: 'check' }, check) : null,
       h('td', { class: 'name' }, h('span', { class: 'key-name' }, k.name),
@@ -81,12 +110,7 @@ export async function keysPage(session) {
       h('td', null, timeCell(k.last_used_at, 'Never')),
       h('td', null, timeCell(k.created_at)),
       h('td', null, timeCell(k.updated_at)),
-      h('td', { class: 'actions-cell' },
-        act('Usage', '', () => openUsage(k)),
-        act('Edit', '', () => openEdit(k), active),
-        act('Rotate', '', () => openRotate(k), active || k.status === 'expired'),
-        act('Revoke', 'danger', () => openRevoke(k), active),
-        act('Delete', 'danger', () => openDelete(k), mine)));
+      h('td', { class: 'actions-cell' }, menu));
   }
 
   async function load() {
@@ -313,6 +337,6 @@ export async function keysPage(session) {
       h('div', { class: 'head-actions' }, deleteAll, bulk, generate)),
     h('div', { class: 'toolbar', role: 'search' }, search, status, expiry),
     message,
-    h('div', { class: 'table-wrap' }, table),
+    h('div', { class: 'table-wrap keys-wrap' }, table),
     h('div', { class: 'pager' }, prev, pageInfo, next));
 }

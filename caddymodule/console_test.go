@@ -1,0 +1,628 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+
+	"github.com/keygate/keygate/admin/console"
+)
+
+// chromiumPath is Debian's chromium, which .ci/run installs when missing.
+const chromiumPath = "/usr/bin/chromium"
+
+// consoleSite is the admin site of the console tests: the REST API and the
+// console at /console/.
+const consoleSite = `http://127.0.0.1:{{PORT}} {
+	bind 127.0.0.1
+	api_key_admin {
+		operator_token {env.KEYGATE_CONSOLE_OP}
+	}
+}`
+
+const consoleOp = "console-operator-token-0123456789"
+
+// browser is one headless Chromium tab driving the console, with what it
+// saw: every request it sent, JavaScript dialogs, exceptions and console
+// or browser-log errors (a CSP violation is one).
+type browser struct {
+	t      *testing.T
+	ctx    context.Context
+	origin string
+	shots  string // directory for screenshots ("" = none)
+
+	mu       sync.Mutex
+	requests []string
+	dialogs  []string
+	problems []string
+	headers  map[string]network.Headers // response headers by URL
+}
+
+func newBrowser(t *testing.T, origin string) *browser {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath); err != nil {
+		t.Fatalf("the console tests drive a real Chromium at %s, which is missing: install it (apt-get install -y chromium; .ci/run does this): %v", chromiumPath, err)
+	}
+	// The whole browser session is bounded: a hung step cannot hang CI.
+	root, cancelRoot := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancelRoot)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(root,
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Headless,
+		chromedp.NoSandbox, // CI runs as root
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 820),
+	)
+	t.Cleanup(cancelAlloc)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancel)
+	b := &browser{t: t, ctx: ctx, origin: origin, shots: os.Getenv("KEYGATE_CONSOLE_SCREENSHOTS"), headers: map[string]network.Headers{}}
+	// Starts the browser; the viewport is what the screenshots show.
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 820)); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	if err := chromedp.Listen(ctx, b.observe); err != nil {
+		t.Fatal(err)
+	}
+	// Alerts would block the page: answer them (and fail the test below).
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	go func() {
+		for _, err := range dialogs {
+			if err != nil {
+				return
+			}
+			_, _ = chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+		}
+	}()
+	return b
+}
+
+// observe runs in the tab's event loop: it only records.
+func (b *browser) observe(ev any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch ev := ev.(type) {
+	case *network.EventRequestWillBeSent:
+		b.requests = append(b.requests, ev.Request.URL)
+	case *network.EventResponseReceived:
+		b.headers[ev.Response.URL] = ev.Response.Headers
+	case *page.EventJavascriptDialogOpening:
+		b.dialogs = append(b.dialogs, string(ev.Type)+": "+ev.Message)
+	case *runtime.EventExceptionThrown:
+		b.problems = append(b.problems, "exception: "+ev.ExceptionDetails.Text+" "+describeException(ev))
+	case *runtime.EventConsoleAPICalled:
+		if ev.Type == runtime.ConsoleAPICalledTypeError {
+			b.problems = append(b.problems, "console.error")
+		}
+	case *log.EventEntryAdded:
+		// The browser's own log: CSP violations and failed loads. The
+		// API's own 4xx answers (expected in these tests) are network
+		// entries; anything else is a problem.
+		if ev.Entry.Level == log.EntryLevelError && ev.Entry.Source != log.EntrySourceNetwork {
+			b.problems = append(b.problems, fmt.Sprintf("%s: %s", ev.Entry.Source, ev.Entry.Text))
+		}
+	}
+}
+
+func describeException(ev *runtime.EventExceptionThrown) string {
+	if ev.ExceptionDetails.Exception != nil {
+		return ev.ExceptionDetails.Exception.Description
+	}
+	return ""
+}
+
+// do runs steps with a per-step bound.
+func (b *browser) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		b.t.Fatalf("%s: %v%s", what, err, b.pageState())
+	}
+}
+
+// pageState is a short dump for failure messages.
+func (b *browser) pageState() string {
+	ctx, cancel := context.WithTimeout(b.ctx, 3*time.Second)
+	defer cancel()
+	s, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.hash + " | " + document.body.innerText.slice(0, 1500)`))
+	return "\npage: " + s
+}
+
+func evalJS[T any](b *browser, expr string) T {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		b.t.Fatalf("evaluate %s: %v%s", expr, err, b.pageState())
+	}
+	return v
+}
+
+// waitFor polls a JavaScript condition until it is true.
+func (b *browser) waitFor(what, cond string) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(10*time.Second))); err != nil {
+		b.t.Fatalf("waiting for %s (%s): %v%s", what, cond, err, b.pageState())
+	}
+}
+
+func (b *browser) click(sel string) {
+	b.t.Helper()
+	b.do("click "+sel, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+}
+
+func (b *browser) typeInto(sel, text string) {
+	b.t.Helper()
+	b.do("type into "+sel, chromedp.SendKeys(chromedp.CSS(sel), text, chromedp.NodeVisible))
+}
+
+// set sets a control's value as a user would and fires input and change.
+func (b *browser) set(sel, value string) {
+	b.t.Helper()
+	evalJS[bool](b, fmt.Sprintf(`(() => { const e = document.querySelector(%s); e.value = %s;
+		e.dispatchEvent(new Event('input', {bubbles: true})); e.dispatchEvent(new Event('change', {bubbles: true})); return true })()`, jsString(sel), jsString(value)))
+}
+
+func (b *browser) shot(name string) {
+	b.t.Helper()
+	if b.shots == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	// Let transitions and fonts settle.
+	time.Sleep(300 * time.Millisecond)
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		b.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(b.shots, name+".png"), png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func jsString(s string) string {
+	j, _ := json.Marshal(s)
+	return string(j)
+}
+
+// signIn opens the console fresh and signs in with token.
+func (b *browser) signIn(token string) {
+	b.t.Helper()
+	b.do("open the console", chromedp.Navigate(b.origin+"/console/"))
+	b.waitFor("the sign-in form", `!!document.querySelector('form.signin input[name=token]')`)
+	b.typeInto("form.signin input[name=token]", token)
+	b.click("form.signin button[type=submit]")
+	b.waitFor("the keys page", `!!document.querySelector('#keys-table') && document.querySelector('#key-usage').textContent !== ''`)
+}
+
+func (b *browser) signOut() {
+	b.t.Helper()
+	b.click("#sign-out")
+	b.waitFor("the sign-in form", `!!document.querySelector('form.signin')`)
+	if n := evalJS[int](b, `sessionStorage.length + localStorage.length + document.cookie.length`); n != 0 {
+		b.t.Fatalf("after sign-out the tab still keeps %d items (session/local storage, cookies)", n)
+	}
+}
+
+// rows lists the key table's rows as {id, name, owner, status}.
+type keyRow struct {
+	ID, Name, Owner, Status string
+}
+
+func (b *browser) rows() []keyRow {
+	b.t.Helper()
+	return evalJS[[]keyRow](b, `[...document.querySelectorAll('#keys-table tbody tr[data-id]')].map(r => ({
+		ID: r.dataset.id, Name: r.querySelector('.key-name').textContent,
+		Owner: r.querySelector('.owner').textContent, Status: r.dataset.status}))`)
+}
+
+// waitRows waits until the table shows exactly n rows.
+func (b *browser) waitRows(what string, n int) []keyRow {
+	b.t.Helper()
+	b.waitFor(what, fmt.Sprintf(`document.querySelectorAll('#keys-table tbody tr[data-id]').length === %d`, n))
+	return b.rows()
+}
+
+// waitIDs waits until the table shows exactly the keys ids, in any order.
+func (b *browser) waitIDs(what string, ids ...string) {
+	b.t.Helper()
+	want, _ := json.Marshal(ids)
+	b.waitFor(what, fmt.Sprintf(`JSON.stringify([...document.querySelectorAll('#keys-table tbody tr[data-id]')].map(r => r.dataset.id).sort()) === JSON.stringify(%s.sort())`, want))
+}
+
+// rowAction opens a row's "⋯" menu and picks an action.
+func (b *browser) rowAction(id, action string) {
+	b.t.Helper()
+	b.click(fmt.Sprintf(`#keys-table tr[data-id=%q] summary`, id))
+	b.click(fmt.Sprintf(`#keys-table tr[data-id=%q] button[data-action=%q]`, id, action))
+}
+
+// readSecret returns the secret of the open copy-once modal, closes it and
+// checks the secret is gone from the page.
+func (b *browser) readSecret(prefix string) string {
+	b.t.Helper()
+	b.waitFor("the secret modal", `!!document.querySelector('dialog[open] #secret-value')`)
+	secret := evalJS[string](b, `document.querySelector('#secret-value').textContent`)
+	warning := evalJS[string](b, `document.querySelector('dialog[open] .warning').textContent`)
+	if !strings.HasPrefix(secret, prefix) || !strings.Contains(warning, "will not be shown again") {
+		b.t.Fatalf("secret modal: %q / %q", secret, warning)
+	}
+	b.click("#copy-secret")
+	b.waitFor("the copy status", `document.querySelector('dialog[open] .copy-status').textContent !== ''`)
+	b.click("#close-secret")
+	b.waitFor("the modal to close", `!document.querySelector('dialog[open]')`)
+	if evalJS[bool](b, fmt.Sprintf(`document.documentElement.outerHTML.includes(%s) || document.body.innerText.includes(%[1]s)`, jsString(secret))) {
+		b.t.Fatal("the secret is still in the page after the modal closed")
+	}
+	return secret
+}
+
+// apiCall is a REST call to the admin API for setting up and checking.
+func apiCall(t *testing.T, base, method, path, token, body string) map[string]any {
+	t.Helper()
+	r := doBody(t, method, base+path, map[string]string{"Authorization": "Bearer " + token}, body)
+	if r.status >= 300 {
+		t.Fatalf("%s %s: %d %s", method, path, r.status, r.body)
+	}
+	var out map[string]any
+	_ = json.Unmarshal(r.body, &out)
+	return out
+}
+
+// TestConsoleInBrowser drives the management console in headless Chromium
+// against the real api_key_admin handler in Caddy, as the operator, a
+// tenant admin and a developer, and checks each change at the REST API and
+// at the gateway.
+func TestConsoleInBrowser(t *testing.T) {
+	t.Setenv("KEYGATE_CONSOLE_OP", consoleOp)
+	g := startGateway(t, "", consoleSite)
+	adm := g.extra["0"]
+	call := func(method, path, token, body string) map[string]any {
+		t.Helper()
+		return apiCall(t, adm, method, path, token, body)
+	}
+	gw := func(secret string) int {
+		t.Helper()
+		return get(t, g.url+"/orders", map[string]string{"X-API-Key": secret}).status
+	}
+
+	// Security headers, straight from the handler.
+	r := get(t, adm+"/console/", nil)
+	if r.status != 200 || r.header.Get("Content-Security-Policy") != console.ContentSecurityPolicy ||
+		r.header.Get("X-Content-Type-Options") != "nosniff" || r.header.Get("Referrer-Policy") != "no-referrer" {
+		t.Fatalf("console answer: %d %v", r.status, r.header)
+	}
+
+	call("PATCH", "/v1/tenants/default", consoleOp, `{"key_limit": 20}`)
+	call("PUT", "/v1/tenants/default/users/alice", consoleOp, `{"roles": ["tenant_admin"]}`)
+	call("PUT", "/v1/tenants/default/users/dev", consoleOp, `{"roles": ["developer"]}`)
+	call("PUT", "/v1/tenants/default/groups/readers", consoleOp, `{"description": "read-only", "rules": [{"methods": ["GET"], "paths": ["/orders*"]}], "rate_limit": {"requests_per_second": 50, "burst": 100}}`)
+	aliceTok := call("POST", "/v1/tenants/default/users/alice/tokens", consoleOp, `{"name": "console"}`)["secret"].(string)
+	devTok := call("POST", "/v1/tenants/default/users/dev/tokens", consoleOp, `{"name": "console"}`)["secret"].(string)
+
+	b := newBrowser(t, adm)
+
+	// The operator: picks the tenant, turns API keys on in Settings.
+	b.signIn(consoleOp)
+	b.waitFor("the tenant picker", `document.querySelector('#tenant-picker').value === 'default'`)
+	if tok := evalJS[string](b, `sessionStorage.getItem('keygate.token') || ''`); tok != consoleOp {
+		t.Fatalf("token not in sessionStorage: %q", tok)
+	}
+	b.do("open settings", chromedp.Navigate(adm+"/console/#/settings"))
+	b.waitFor("the settings form", `!!document.querySelector('#settings-form')`)
+	if evalJS[bool](b, `document.querySelector('input[name=api_keys_enabled]').checked`) {
+		t.Fatal("a new tenant's keys are enabled")
+	}
+	// A bad value: the API's 400 is shown next to its field.
+	b.set("input[name=max_keys_per_user]", "5000")
+	b.click("#save-settings")
+	b.waitFor("the field error", `document.querySelector('[data-field=max_keys_per_user] .field-error').textContent !== ''`)
+	b.set("input[name=max_keys_per_user]", "10")
+	b.click("input[name=api_keys_enabled]")
+	b.click("#save-settings")
+	b.waitFor("saved", `document.querySelector('#settings-status').textContent.includes('enabled')`)
+	if st := call("GET", "/v1/tenants/default/settings", consoleOp, ""); st["api_keys_enabled"] != true || st["max_keys_per_user"] != float64(10) {
+		t.Fatalf("settings after the switch: %v", st)
+	}
+	b.shot("settings")
+	b.signOut()
+
+	// Keys made over REST: one to find, two to bulk revoke, one expiring
+	// soon, one revoked, the developer's, and one with markup in its name.
+	mk := func(owner, name, extra string) (string, string) {
+		out := call("POST", "/v1/tenants/default/keys", consoleOp, fmt.Sprintf(`{"name": %s, "owner": %q%s}`, jsString(name), owner, extra))
+		return out["key"].(map[string]any)["id"].(string), out["secret"].(string)
+	}
+	billingID, billingSecret := mk("alice", "billing export", `, "description": "nightly export to the ERP"`)
+	bulkA, bulkASecret := mk("alice", "to revoke A", "")
+	bulkB, _ := mk("bob", "to revoke B", "")
+	soonID, _ := mk("bob", "expiring soon", fmt.Sprintf(`, "expires_at": %q`, time.Now().Add(48*time.Hour).UTC().Format(time.RFC3339)))
+	oldID, _ := mk("bob", "old revoked", "")
+	call("POST", "/v1/tenants/default/keys/"+oldID+"/revoke", consoleOp, "")
+	devID, devSecret := mk("dev", "dev laptop", "")
+	const xss = `<img src=x onerror=alert(1)>`
+	xssID, _ := mk("bob", xss, "")
+
+	// The tenant admin.
+	b.signIn(aliceTok)
+	rows := b.waitRows("all keys", 7)
+	if got := evalJS[string](b, `document.querySelector('#key-usage').textContent`); got != "7 / 20 keys" {
+		t.Fatalf("usage header %q", got)
+	}
+	// The name with markup is text: no <img> anywhere, no alert.
+	var xssShown string
+	for _, r := range rows {
+		if r.ID == xssID {
+			xssShown = r.Name
+		}
+	}
+	if xssShown != xss || evalJS[int](b, `document.querySelectorAll('img').length`) != 0 {
+		t.Fatalf("markup in a key name: shown as %q, img elements %d", xssShown, evalJS[int](b, `document.querySelectorAll('img').length`))
+	}
+	if evalJS[bool](b, `!!document.querySelector('a[data-page=settings]')`) != true {
+		t.Fatal("a tenant admin has no Settings link")
+	}
+
+	// Generate → copy-once modal → the secret works at the gateway.
+	b.click("#generate-key")
+	b.waitFor("the generate form", `!!document.querySelector('dialog[open] input[name=name]')`)
+	if owner := evalJS[string](b, `document.querySelector('dialog[open] input[name=owner]').value`); owner != "alice" {
+		t.Fatalf("owner defaults to %q, want alice", owner)
+	}
+	b.typeInto("dialog[open] input[name=name]", "o")
+	b.click("dialog[open] button[type=submit]")
+	b.waitFor("the name error", `document.querySelector('dialog[open] [data-field=name] .field-error').textContent !== ''`)
+	b.typeInto("dialog[open] input[name=name]", "rder sync") // "o" + "rder sync"
+	b.set("dialog[open] textarea[name=description]", "syncs orders")
+	b.set("dialog[open] select[name=group]", "readers")
+	b.set("dialog[open] textarea[name=ip_allowlist]", "127.0.0.1\n10.0.0.0/8\n")
+	b.shot("generate-form")
+	b.click("dialog[open] button[type=submit]")
+	b.waitFor("the secret modal", `!!document.querySelector('dialog[open] #secret-value')`)
+	b.shot("generate-secret")
+	orderSecret := b.readSecret("kg_")
+	if code := gw(orderSecret); code != 200 {
+		t.Fatalf("the generated secret at the gateway: %d", code)
+	}
+	rows = b.waitRows("the new key", 8)
+	var orderID string
+	for _, r := range rows {
+		if r.Name == "order sync" {
+			orderID = r.ID
+		}
+	}
+	if orderID == "" {
+		t.Fatalf("the new key is not listed: %v", rows)
+	}
+	k := call("GET", "/v1/tenants/default/keys/"+orderID, consoleOp, "")
+	if k["group"] != "readers" || k["owner"] != "alice" || fmt.Sprint(k["ip_allowlist"]) != "[127.0.0.1/32 10.0.0.0/8]" {
+		t.Fatalf("generated key: %v", k)
+	}
+
+	// Search on name, id and owner; status and expiry filters.
+	b.typeInto("#key-search", "billing")
+	b.waitIDs("search by name", billingID)
+	b.set("#key-search", devID)
+	b.waitIDs("search by id", devID)
+	b.set("#key-search", "bob")
+	b.waitIDs("search by owner", bulkB, soonID, oldID, xssID)
+	b.set("#key-search", "")
+	b.waitRows("no search", 8)
+	b.set("#status-filter", "revoked")
+	b.waitIDs("status filter", oldID)
+	b.set("#status-filter", "")
+	b.set("#expiry-filter", "expiring_soon")
+	b.waitIDs("expiry filter", soonID)
+	b.set("#expiry-filter", "")
+	b.waitRows("all again", 8)
+
+	// Edit: a bad name shows next to its field; then a rename.
+	b.rowAction(billingID, "edit")
+	b.waitFor("the edit form", `document.querySelector('dialog[open] input[name=name]')?.value === 'billing export'`)
+	b.set("dialog[open] input[name=name]", "b")
+	b.click("dialog[open] button[type=submit]")
+	b.waitFor("the name error", `document.querySelector('dialog[open] [data-field=name] .field-error').textContent !== ''`)
+	b.set("dialog[open] input[name=name]", "billing export v2")
+	b.set("dialog[open] textarea[name=ip_allowlist]", "127.0.0.1")
+	b.click("dialog[open] button[type=submit]")
+	b.waitFor("the rename", `[...document.querySelectorAll('.key-name')].some(e => e.textContent === 'billing export v2')`)
+	if k := call("GET", "/v1/tenants/default/keys/"+billingID, consoleOp, ""); k["name"] != "billing export v2" || fmt.Sprint(k["ip_allowlist"]) != "[127.0.0.1/32]" {
+		t.Fatalf("after edit: %v", k)
+	}
+
+	// Rotate: the warning, then the old secret is refused and the new one works.
+	b.rowAction(orderID, "rotate")
+	b.waitFor("the rotate dialog", `document.querySelector('dialog[open] .message')?.textContent.includes('lose access')`)
+	b.click("dialog[open] button[type=submit]")
+	newSecret := b.readSecret("kg_")
+	if old, fresh := gw(orderSecret), gw(newSecret); old != 401 || fresh != 200 {
+		t.Fatalf("after rotate: old secret %d, new %d", old, fresh)
+	}
+
+	// Revoke one key: the confirmation names it and warns.
+	if code := gw(billingSecret); code != 200 {
+		t.Fatalf("billing before revoke: %d", code)
+	}
+	b.rowAction(billingID, "revoke")
+	b.waitFor("the revoke dialog", `!!document.querySelector('dialog[open] .message')`)
+	msg := evalJS[string](b, `document.querySelector('dialog[open] .message').textContent`)
+	for _, want := range []string{"billing export v2", "cannot be undone", "lose access immediately"} {
+		if !strings.Contains(msg, want) {
+			t.Fatalf("revoke confirmation %q lacks %q", msg, want)
+		}
+	}
+	b.click("dialog[open] .btn.danger")
+	b.waitFor("revoked", fmt.Sprintf(`document.querySelector('#keys-table tr[data-id=%q]')?.dataset.status === 'revoked'`, billingID))
+	if code := gw(billingSecret); code != 401 {
+		t.Fatalf("billing after revoke: %d", code)
+	}
+
+	// Bulk revoke.
+	b.click(fmt.Sprintf(`#keys-table tr[data-id=%q] .row-check`, bulkA))
+	b.click(fmt.Sprintf(`#keys-table tr[data-id=%q] .row-check`, bulkB))
+	b.waitFor("the bulk button", `document.querySelector('#bulk-revoke').textContent === 'Revoke (2)'`)
+	b.click("#bulk-revoke")
+	b.waitFor("the bulk confirmation", `document.querySelector('dialog[open] .message')?.textContent.includes('revoke 2 API keys')`)
+	b.click("dialog[open] .btn.danger")
+	b.waitFor("both revoked", fmt.Sprintf(`[%q, %q].every(id => document.querySelector('#keys-table tr[data-id="' + id + '"]')?.dataset.status === 'revoked')`, bulkA, bulkB))
+	for _, id := range []string{bulkA, bulkB} {
+		if k := call("GET", "/v1/tenants/default/keys/"+id, consoleOp, ""); k["status"] != "revoked" || k["revoked_by"] != "user:alice" && k["revoked_by"] != "alice" {
+			t.Fatalf("bulk revoked key: %v", k)
+		}
+	}
+	if code := gw(bulkASecret); code != 401 {
+		t.Fatalf("bulk revoked key at the gateway: %d", code)
+	}
+
+	// The row menu opens with the keyboard and Esc closes it.
+	b.do("focus a row menu", chromedp.Focus(chromedp.CSS(fmt.Sprintf(`#keys-table tr[data-id=%q] summary`, orderID))))
+	b.do("Enter", chromedp.KeyEvent("\r"))
+	b.waitFor("the open menu", fmt.Sprintf(`document.querySelector('#keys-table tr[data-id=%q] details').open`, orderID))
+	b.shot("keys")
+	b.do("Tab", chromedp.KeyEvent("\t"))
+	b.waitFor("focus in the menu", `document.activeElement.dataset.action === 'usage'`)
+	b.do("Esc", chromedp.KeyEvent("\u001b"))
+	b.waitFor("the closed menu", `!document.querySelector('details.row-menu[open]') && document.activeElement.tagName === 'SUMMARY'`)
+
+	// Usage chart of the key used above.
+	b.rowAction(orderID, "usage")
+	b.waitFor("the chart", `!!document.querySelector('dialog[open] #usage-chart path.bar-ok')`)
+	b.shot("usage")
+	b.click("dialog[open] .actions .btn")
+	b.waitFor("the usage dialog to close", `!document.querySelector('dialog[open]')`)
+
+	// The other pages answer and list what the API has.
+	b.do("events", chromedp.Navigate(adm+"/console/#/events"))
+	b.waitFor("events", `[...document.querySelectorAll('.events-page code')].some(e => e.textContent === 'key.revoked')`)
+	b.set("#event-key", billingID)
+	b.click(".events-page button[type=submit]")
+	b.waitFor("filtered events", fmt.Sprintf(`[...document.querySelectorAll('.events-page tbody tr')].length > 0 && [...document.querySelectorAll('.events-page tbody tr')].every(r => r.textContent.includes(%q))`, billingID))
+	b.shot("events")
+	b.do("users", chromedp.Navigate(adm+"/console/#/users"))
+	b.waitFor("users", `!!document.querySelector('tr[data-user=dev]')`)
+	b.shot("users")
+	b.do("groups", chromedp.Navigate(adm+"/console/#/groups"))
+	b.waitFor("groups", `!!document.querySelector('tr[data-group=readers]')`)
+	b.shot("groups")
+	b.signOut()
+
+	// The developer: its own keys only, no settings, no group field.
+	b.signIn(devTok)
+	b.waitIDs("the developer's keys", devID)
+	if evalJS[int](b, `document.querySelectorAll('a[data-page=settings], a[data-page=users], a[data-page=groups], a[data-page=events]').length`) != 0 {
+		t.Fatal("a developer sees admin pages in the navigation")
+	}
+	if evalJS[bool](b, `!!document.querySelector('#bulk-revoke, .row-check')`) {
+		t.Fatal("a developer has bulk revoke")
+	}
+	b.do("settings as developer", chromedp.Navigate(adm+"/console/#/settings"))
+	b.waitFor("the keys page instead", `!document.querySelector('#settings-form') && !!document.querySelector('#keys-table')`)
+	b.click("#generate-key")
+	b.waitFor("the generate form", `!!document.querySelector('dialog[open] input[name=name]')`)
+	if evalJS[bool](b, `!!document.querySelector('dialog[open] [name=group], dialog[open] [name=owner]')`) {
+		t.Fatal("a developer's generate form has a group or owner field")
+	}
+	b.typeInto("dialog[open] input[name=name]", "dev ci")
+	b.click("dialog[open] button[type=submit]")
+	devNew := b.readSecret("kg_")
+	if code := gw(devNew); code != 200 {
+		t.Fatalf("developer's new key at the gateway: %d", code)
+	}
+	rows = b.waitRows("the developer's two keys", 2)
+	for _, r := range rows {
+		if r.Owner != "dev" {
+			t.Fatalf("developer sees %v", r)
+		}
+	}
+	b.rowAction(devID, "edit")
+	b.waitFor("the edit form", `!!document.querySelector('dialog[open] input[name=name]')`)
+	if evalJS[bool](b, `!!document.querySelector('dialog[open] [name=group]')`) {
+		t.Fatal("a developer's edit form has a group field")
+	}
+	b.set("dialog[open] input[name=name]", "dev laptop 2")
+	b.click("dialog[open] button[type=submit]")
+	b.waitFor("the rename", `[...document.querySelectorAll('.key-name')].some(e => e.textContent === 'dev laptop 2')`)
+	b.shot("developer")
+	b.rowAction(devID, "delete")
+	b.click("dialog[open] .btn.danger")
+	b.waitRows("the deleted key gone", 1)
+	if rows := b.rows(); rows[0].Name != "dev ci" {
+		t.Fatalf("after delete: %v", rows)
+	}
+	if code := gw(devSecret); code != 401 {
+		t.Fatalf("deleted key at the gateway: %d", code)
+	}
+	b.signOut()
+
+	// What the browser did: only this origin, no dialog, no error.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, u := range b.requests {
+		// data: URLs are no request: Chromium's own date-picker icon is one.
+		if !strings.HasPrefix(u, adm+"/") && !strings.HasPrefix(u, "data:") {
+			t.Errorf("request to another origin: %s", u)
+		}
+	}
+	if len(b.requests) < 20 {
+		t.Errorf("only %d requests seen", len(b.requests))
+	}
+	csp := ""
+	for u, h := range b.headers {
+		if pu, err := url.Parse(u); err == nil && pu.Path == "/console/" {
+			csp, _ = h["Content-Security-Policy"].(string)
+			if csp == "" {
+				csp, _ = h["content-security-policy"].(string)
+			}
+		}
+	}
+	if csp != console.ContentSecurityPolicy {
+		t.Errorf("the browser saw CSP %q", csp)
+	}
+	if len(b.dialogs) > 0 {
+		t.Errorf("JavaScript dialogs opened: %q", b.dialogs)
+	}
+	if len(b.problems) > 0 {
+		t.Errorf("errors in the page: %q", b.problems)
+	}
+}
+
+// TestConsoleOff: `console off` leaves /console/ to the API (404), and the
+// API still answers.
+func TestConsoleOff(t *testing.T) {
+	t.Setenv("KEYGATE_CONSOLE_OP", consoleOp)
+	g := startGateway(t, "", strings.Replace(consoleSite, "operator_token", "console off\n\t\toperator_token", 1))
+	adm := g.extra["0"]
+	if r := get(t, adm+"/console/", nil); r.status != 404 || r.code() != "not_found" || r.header.Get("Content-Security-Policy") != "" {
+		t.Fatalf("console off: %d %s", r.status, r.body)
+	}
+	if r := get(t, adm+"/v1/me", map[string]string{"Authorization": "Bearer " + consoleOp}); r.status != 200 {
+		t.Fatalf("API with console off: %d", r.status)
+	}
+}
