@@ -277,7 +277,7 @@ func (b *browser) readSecret(prefix string) string {
 	b.click("#copy-secret")
 	b.waitFor("the copy status", `document.querySelector('dialog[open] .copy-status').textContent !== ''`)
 	b.click("#close-secret")
-	b.waitFor("the modal to close", `!document.querySelector('dialog[open]')`)
+	b.waitFor("the modal to close", `!document.querySelector('#secret-value')`)
 	if evalJS[bool](b, fmt.Sprintf(`document.documentElement.outerHTML.includes(%s) || document.body.innerText.includes(%[1]s)`, jsString(secret))) {
 		b.t.Fatal("the secret is still in the page after the modal closed")
 	}
@@ -330,10 +330,16 @@ func TestConsoleInBrowser(t *testing.T) {
 	b := newBrowser(t, adm)
 
 	// The operator: picks the tenant, turns API keys on in Settings.
+	b.do("open the console", chromedp.Navigate(adm+"/console/"))
+	b.waitFor("the sign-in form", `!!document.querySelector('form.signin')`)
+	b.shot("signin")
 	b.signIn(consoleOp)
 	b.waitFor("the tenant picker", `document.querySelector('#tenant-picker').value === 'default'`)
 	if tok := evalJS[string](b, `sessionStorage.getItem('keygate.token') || ''`); tok != consoleOp {
 		t.Fatalf("token not in sessionStorage: %q", tok)
+	}
+	if !evalJS[bool](b, `!!document.querySelector('#keys-disabled a[href="#/settings"]')`) {
+		t.Fatal("no notice that API keys are disabled")
 	}
 	b.do("open settings", chromedp.Navigate(adm+"/console/#/settings"))
 	b.waitFor("the settings form", `!!document.querySelector('#settings-form')`)
@@ -345,10 +351,11 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.click("#save-settings")
 	b.waitFor("the field error", `document.querySelector('[data-field=max_keys_per_user] .field-error').textContent !== ''`)
 	b.set("input[name=max_keys_per_user]", "10")
+	b.set("select[name=default_group]", "readers")
 	b.click("input[name=api_keys_enabled]")
 	b.click("#save-settings")
 	b.waitFor("saved", `document.querySelector('#settings-status').textContent.includes('enabled')`)
-	if st := call("GET", "/v1/tenants/default/settings", consoleOp, ""); st["api_keys_enabled"] != true || st["max_keys_per_user"] != float64(10) {
+	if st := call("GET", "/v1/tenants/default/settings", consoleOp, ""); st["api_keys_enabled"] != true || st["max_keys_per_user"] != float64(10) || st["default_group"] != "readers" {
 		t.Fatalf("settings after the switch: %v", st)
 	}
 	b.shot("settings")
@@ -373,6 +380,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	// The tenant admin.
 	b.signIn(aliceTok)
 	rows := b.waitRows("all keys", 7)
+	if evalJS[bool](b, `!!document.querySelector('#keys-disabled')`) {
+		t.Fatal("the disabled notice shows while keys are enabled")
+	}
 	if got := evalJS[string](b, `document.querySelector('#key-usage').textContent`); got != "7 / 20 keys" {
 		t.Fatalf("usage header %q", got)
 	}
@@ -389,6 +399,13 @@ func TestConsoleInBrowser(t *testing.T) {
 	if evalJS[bool](b, `!!document.querySelector('a[data-page=settings]')`) != true {
 		t.Fatal("a tenant admin has no Settings link")
 	}
+
+	// Dialogs: Esc closes them and focus goes back to the opener.
+	b.click("#generate-key")
+	b.waitFor("the generate form", `!!document.querySelector('dialog[open] input[name=name]')`)
+	b.waitFor("focus in the dialog", `document.activeElement.name === 'name'`)
+	b.do("Esc", chromedp.KeyEvent("\u001b"))
+	b.waitFor("the dialog to close", `!document.querySelector('dialog') && document.activeElement.id === 'generate-key'`)
 
 	// Generate → copy-once modal → the secret works at the gateway.
 	b.click("#generate-key")
@@ -449,6 +466,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.set("dialog[open] input[name=name]", "b")
 	b.click("dialog[open] button[type=submit]")
 	b.waitFor("the name error", `document.querySelector('dialog[open] [data-field=name] .field-error').textContent !== ''`)
+	b.shot("edit-error")
 	b.set("dialog[open] input[name=name]", "billing export v2")
 	b.set("dialog[open] textarea[name=ip_allowlist]", "127.0.0.1")
 	b.click("dialog[open] button[type=submit]")
@@ -460,6 +478,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	// Rotate: the warning, then the old secret is refused and the new one works.
 	b.rowAction(orderID, "rotate")
 	b.waitFor("the rotate dialog", `document.querySelector('dialog[open] .message')?.textContent.includes('lose access')`)
+	b.shot("rotate")
 	b.click("dialog[open] button[type=submit]")
 	newSecret := b.readSecret("kg_")
 	if old, fresh := gw(orderSecret), gw(newSecret); old != 401 || fresh != 200 {
@@ -472,6 +491,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	b.rowAction(billingID, "revoke")
 	b.waitFor("the revoke dialog", `!!document.querySelector('dialog[open] .message')`)
+	b.shot("revoke")
 	msg := evalJS[string](b, `document.querySelector('dialog[open] .message').textContent`)
 	for _, want := range []string{"billing export v2", "cannot be undone", "lose access immediately"} {
 		if !strings.Contains(msg, want) {
@@ -519,7 +539,11 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.waitFor("the usage dialog to close", `!document.querySelector('dialog[open]')`)
 
 	// The other pages answer and list what the API has.
+	// Going to another page closes an open dialog (it would block the page).
+	b.click("#generate-key")
+	b.waitFor("the generate form", `!!document.querySelector('dialog[open] input[name=name]')`)
 	b.do("events", chromedp.Navigate(adm+"/console/#/events"))
+	b.waitFor("no dialog", `!document.querySelector('dialog')`)
 	b.waitFor("events", `[...document.querySelectorAll('.events-page code')].some(e => e.textContent === 'key.revoked')`)
 	b.set("#event-key", billingID)
 	b.click(".events-page button[type=submit]")
@@ -528,8 +552,48 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.do("users", chromedp.Navigate(adm+"/console/#/users"))
 	b.waitFor("users", `!!document.querySelector('tr[data-user=dev]')`)
 	b.shot("users")
+	// A user's admin token: created (shown once), works, revoked.
+	b.click(`tr[data-user=dev] button[aria-label="Tokens user dev"]`)
+	b.waitFor("the tokens dialog", `[...document.querySelectorAll('dialog[open] tbody tr')].some(r => r.textContent.includes('console'))`)
+	b.click("dialog[open] .actions .btn.primary")
+	b.waitFor("the token form", `!!document.querySelector('dialog[open] input[name=name]')`)
+	b.typeInto("dialog[open] input[name=name]", "ci token")
+	b.click("dialog[open] button[type=submit]")
+	ciTok := b.readSecret("kga_")
+	if me := call("GET", "/v1/me", ciTok, ""); me["user"] != "dev" {
+		t.Fatalf("new user token: %v", me)
+	}
+	b.shot("tokens")
+	b.waitFor("the new token", `[...document.querySelectorAll('dialog[open] tbody tr')].some(r => r.textContent.includes('ci token'))`)
+	b.click(`dialog[open] button[aria-label="Revoke token ci token"]`)
+	b.click("dialog[open].confirm .btn.danger")
+	b.waitFor("the revoked token", `[...document.querySelectorAll('dialog[open] tbody tr')].some(r => r.textContent.includes('ci token') && r.textContent.includes('revoked'))`)
+	if r := get(t, adm+"/v1/me", map[string]string{"Authorization": "Bearer " + ciTok}); r.status != 401 {
+		t.Fatalf("revoked user token: %d", r.status)
+	}
+	b.do("Esc", chromedp.KeyEvent("\u001b"))
+	b.waitFor("the tokens dialog to close", `!document.querySelector('dialog')`)
+
+	// Groups: a rule the API refuses is shown at the rules field; then a
+	// group with a rule and a rate limit.
 	b.do("groups", chromedp.Navigate(adm+"/console/#/groups"))
 	b.waitFor("groups", `!!document.querySelector('tr[data-group=readers]')`)
+	b.click("#new-group")
+	b.waitFor("the group form", `!!document.querySelector('dialog[open] input[name=name]')`)
+	b.typeInto("dialog[open] input[name=name]", "writers")
+	b.set("dialog[open] textarea[name=rules]", "GET /status\nP@ST /orders/*")
+	b.click("dialog[open] button[type=submit]")
+	b.waitFor("the rules error", `document.querySelector('dialog[open] [data-field=rules] .field-error').textContent.startsWith('line 2 (methods): ')`)
+	b.shot("group-error")
+	b.set("dialog[open] textarea[name=rules]", "POST PUT /orders/*\nGET /status")
+	b.set("dialog[open] input[name=requests_per_second]", "5")
+	b.set("dialog[open] input[name=burst]", "10")
+	b.click("dialog[open] button[type=submit]")
+	b.waitFor("the new group", `!!document.querySelector('tr[data-group=writers]')`)
+	if gr := call("GET", "/v1/tenants/default/groups/writers", consoleOp, ""); fmt.Sprint(gr["rules"]) != "[map[methods:[POST PUT] paths:[/orders/*]] map[methods:[GET] paths:[/status]]]" ||
+		fmt.Sprint(gr["rate_limit"]) != "map[burst:10 requests_per_second:5]" {
+		t.Fatalf("group made in the console: %v", gr)
+	}
 	b.shot("groups")
 	b.signOut()
 
@@ -554,6 +618,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	devNew := b.readSecret("kg_")
 	if code := gw(devNew); code != 200 {
 		t.Fatalf("developer's new key at the gateway: %d", code)
+	}
+	if r := doBody(t, "POST", g.url+"/orders", map[string]string{"X-API-Key": devNew}, "{}"); r.status != 403 {
+		t.Fatalf("developer's key has the default group readers (GET only): POST answered %d", r.status)
 	}
 	rows = b.waitRows("the developer's two keys", 2)
 	for _, r := range rows {

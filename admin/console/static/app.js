@@ -118,6 +118,8 @@ let renderSeq = 0;
 
 async function route() {
   if (!session || !shell) return;
+  // A dialog belongs to the page it was opened on.
+  for (const d of document.querySelectorAll('dialog[open]')) d.close();
   let name = (location.hash.match(/^#\/(\w+)/) || [])[1] || 'keys';
   if (!pages[name] || (pages[name].admin && !session.admin)) name = 'keys';
   for (const a of shell.nav.querySelectorAll('a')) {

@@ -18,7 +18,7 @@ export function usageChart(u) {
   const top = niceMax(max);
   const plotW = W - L - 4;
   const plotH = H - B - T;
-  const barW = Math.max(plotW / 1440, 1);
+  const barW = Math.max(plotW / 1440, 2); // at least 2 units: one busy minute stays visible
   const x = (t) => L + ((t - from) / span) * plotW;
   const y = (n) => T + plotH - (n / top) * plotH;
   let ok = '';

@@ -124,7 +124,7 @@ export async function keysPage(session) {
     tbody.replaceChildren(...(res.keys.length ? res.keys.map(row)
       : [h('tr', null, h('td', { colspan: cols.length + (admin ? 1 : 0), class: 'empty' }, state.q || state.status || state.expiry ? 'No key matches.' : 'No API keys yet.'))]));
     const u = res.usage || {};
-    const figure = u.limit == null ? `${u.count} keys` : `${u.count} / ${u.limit} keys`;
+    const figure = u.limit == null ? `${u.count} ${u.count === 1 ? 'key' : 'keys'}` : `${u.count} / ${u.limit} keys`;
     usage.textContent = admin ? figure : `${figure} in the tenant`;
     usage.title = 'Keys of the tenant / the tenant\'s key limit';
     state.cursors[state.page + 1] = res.next_cursor || null;
@@ -331,10 +331,21 @@ export async function keysPage(session) {
   }
 
   await load();
+  // As in the seeds: keys start disabled; say where to turn them on.
+  let notice = null;
+  if (admin) {
+    const st = await api.call('GET', api.tpath('settings'));
+    if (!st.api_keys_enabled) {
+      notice = h('p', { class: 'notice', role: 'note', id: 'keys-disabled' },
+        'API keys are disabled for this tenant: the gateway refuses every key and none can be generated. Turn them on in ',
+        h('a', { href: '#/settings' }, 'Settings'), '.');
+    }
+  }
   return h('section', { class: 'page keys-page', 'aria-labelledby': 'keys-title' },
     h('div', { class: 'page-head' },
       h('h1', { id: 'keys-title' }, admin ? 'API keys' : 'Your API keys'), usage,
       h('div', { class: 'head-actions' }, deleteAll, bulk, generate)),
+    notice,
     h('div', { class: 'toolbar', role: 'search' }, search, status, expiry),
     message,
     h('div', { class: 'table-wrap keys-wrap' }, table),

@@ -72,7 +72,11 @@ export function showError(form, err) {
       continue;
     }
     const slot = wrap.querySelector('.field-error');
-    slot.textContent = slot.textContent ? `${slot.textContent}; ${problem}` : problem;
+    // "ip_allowlist[2]" and "rules[0].methods" name a line of a textarea.
+    const m = name !== root && name.slice(root.length).match(/^\[(\d+)\]\.?(.*)$/);
+    const sub = m ? m[2].replace(/\[\d+\]/g, '') : '';
+    const text = m ? `line ${Number(m[1]) + 1}${sub ? ` (${sub})` : ''}: ${problem}` : problem;
+    slot.textContent = slot.textContent ? `${slot.textContent}; ${text}` : text;
     wrap.control.setAttribute('aria-invalid', 'true');
     first = first || wrap.control;
   }

@@ -6,9 +6,11 @@ import { field, formError, showError, clearErrors, confirm, dialog, formDialog, 
 const ROLES = ['developer', 'tenant_admin'];
 
 function rolesFields(current = []) {
-  return h('fieldset', { class: 'roles', 'data-field': 'roles' }, h('legend', null, 'Roles'),
-    ROLES.map((r) => field({ name: `role-${r}`, label: r.replace('_', ' '), type: 'checkbox', value: current.includes(r) })),
+  const boxes = ROLES.map((r) => field({ name: `role-${r}`, label: r.replace('_', ' '), type: 'checkbox', value: current.includes(r) }));
+  const set = h('fieldset', { class: 'roles', 'data-field': 'roles' }, h('legend', null, 'Roles'), boxes,
     h('p', { class: 'field-error' }));
+  set.control = boxes[0].control; // where an error about "roles" puts the focus
+  return set;
 }
 
 function chosenRoles(form) {
