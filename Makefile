@@ -17,6 +17,7 @@ build:
 run: build
 	@mkdir -p $(DATA)
 	@echo "keygate: gateway http://127.0.0.1:8080  admin API http://127.0.0.1:8081  demo upstream :9000  storage $(DATA)"
+	@echo "console: http://127.0.0.1:8081/console/ (sign in with the operator token \$$KEYGATE_OPERATOR_TOKEN)"
 	@echo "Caddy admin endpoint: unix socket $(ADMIN_SOCKET) (mode 0600); reload with: KEYGATE_STORAGE=$(DATA) KEYGATE_ADMIN_SOCKET=$(ADMIN_SOCKET) $(BIN) reload --config Caddyfile.example --adapter caddyfile"
 	@echo "Next, in another shell (README.md, 'First key' and the walkthrough):"
 	@echo "  OP=$$KEYGATE_OPERATOR_TOKEN; API=http://127.0.0.1:8081"
