@@ -673,6 +673,14 @@ func TestConsoleInBrowser(t *testing.T) {
 	if code := gw(devSecret); code != 401 {
 		t.Fatalf("deleted key at the gateway: %d", code)
 	}
+	// "Delete all" (the seeds' developer page): DELETE …/keys?owner=me.
+	b.click("#delete-all")
+	b.waitFor("the confirmation", `!!document.querySelector('dialog[open] .btn.danger')`)
+	b.click("dialog[open] .btn.danger")
+	b.waitFor("no keys left", `document.querySelector('#keys-table tbody td.empty')?.textContent === 'No API keys yet.'`)
+	if code := gw(devNew); code != 401 {
+		t.Fatalf("after Delete all, the developer's key answers %d", code)
+	}
 	b.signOut()
 
 	// Paging: 25 keys a page, next_cursor behind Next.
