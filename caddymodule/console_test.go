@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -747,5 +748,39 @@ func TestConsoleOff(t *testing.T) {
 	}
 	if r := get(t, adm+"/v1/me", map[string]string{"Authorization": "Bearer " + consoleOp}); r.status != 200 {
 		t.Fatalf("API with console off: %d", r.status)
+	}
+}
+
+// TestConsoleUnderPath: mounted with handle_path under /admin/, the
+// console's redirect and its API calls (../v1/ from /admin/console/) stay
+// under the prefix.
+func TestConsoleUnderPath(t *testing.T) {
+	t.Setenv("KEYGATE_CONSOLE_OP", consoleOp)
+	g := startGateway(t, "", `http://127.0.0.1:{{PORT}} {
+	bind 127.0.0.1
+	handle_path /admin/* {
+		api_key_admin {
+			operator_token {env.KEYGATE_CONSOLE_OP}
+		}
+	}
+}`)
+	adm := g.extra["0"]
+	noFollow := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Get(adm + "/admin/console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
+	if err != nil || resp.StatusCode != 301 || loc.Path != "/admin/console/" {
+		t.Fatalf("redirect: %d to %v (%v)", resp.StatusCode, loc, err)
+	}
+	if r := get(t, adm+"/admin/console/", nil); r.status != 200 || !strings.Contains(string(r.body), `src="app.js"`) {
+		t.Fatalf("index under /admin/: %d", r.status)
+	}
+	base, _ := url.Parse(adm + "/admin/console/api.js")
+	api, _ := base.Parse("../v1/me") // what api.js resolves
+	if r := get(t, api.String(), map[string]string{"Authorization": "Bearer " + consoleOp}); r.status != 200 {
+		t.Fatalf("%s: %d", api, r.status)
 	}
 }

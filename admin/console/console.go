@@ -44,7 +44,7 @@ type asset struct {
 
 // New returns the console handler for requests under prefix (such as
 // "/console/", with both slashes). A request for the prefix without its
-// trailing slash is redirected to it.
+// trailing slash is redirected to it (relatively).
 func New(prefix string) *Handler {
 	h := &Handler{prefix: prefix, assets: map[string]asset{}}
 	sub, err := fs.Sub(files, "static")
@@ -102,7 +102,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Path == strings.TrimSuffix(h.prefix, "/") {
-		http.Redirect(w, r, h.prefix, http.StatusMovedPermanently)
+		// Relative ("console/"), so that it also holds when a proxy or
+		// handle_path stripped a prefix the handler never sees; the page
+		// reaches the API the same way, at "../v1/".
+		hdr.Set("Location", path.Base(h.prefix)+"/")
+		w.WriteHeader(http.StatusMovedPermanently)
 		return
 	}
 	name, ok := strings.CutPrefix(r.URL.Path, h.prefix)

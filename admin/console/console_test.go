@@ -63,7 +63,7 @@ func TestServe(t *testing.T) {
 	if rec := serve(h, "POST", "/console/", nil); rec.Code != 405 || rec.Header().Get("Allow") != "GET, HEAD" {
 		t.Errorf("POST: %d %q", rec.Code, rec.Header().Get("Allow"))
 	}
-	if rec := serve(h, "GET", "/console", nil); rec.Code != 301 || rec.Header().Get("Location") != "/console/" {
+	if rec := serve(h, "GET", "/console", nil); rec.Code != 301 || rec.Header().Get("Location") != "console/" {
 		t.Errorf("no slash: %d %q", rec.Code, rec.Header().Get("Location"))
 	}
 	if rec := serve(h, "HEAD", "/console/app.js", nil); rec.Code != 200 || rec.Body.Len() != 0 || rec.Header().Get("Content-Length") == "" {
