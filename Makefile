@@ -6,7 +6,7 @@ DATA    ?= ./keygate-data
 ADMIN_SOCKET ?= ./keygate-admin.sock
 export KEYGATE_OPERATOR_TOKEN ?= dev-operator-token
 
-.PHONY: build run test bench fmt lint
+.PHONY: build run test bench fmt lint screenshots
 
 build:
 	$(GO) build -o $(BIN) ./cmd/keygate
@@ -17,6 +17,7 @@ build:
 run: build
 	@mkdir -p $(DATA)
 	@echo "keygate: gateway http://127.0.0.1:8080  admin API http://127.0.0.1:8081  demo upstream :9000  storage $(DATA)"
+	@echo "console: http://127.0.0.1:8081/console/ (sign in with the operator token \$$KEYGATE_OPERATOR_TOKEN)"
 	@echo "Caddy admin endpoint: unix socket $(ADMIN_SOCKET) (mode 0600); reload with: KEYGATE_STORAGE=$(DATA) KEYGATE_ADMIN_SOCKET=$(ADMIN_SOCKET) $(BIN) reload --config Caddyfile.example --adapter caddyfile"
 	@echo "Next, in another shell (README.md, 'First key' and the walkthrough):"
 	@echo "  OP=$$KEYGATE_OPERATOR_TOKEN; API=http://127.0.0.1:8081"
@@ -44,6 +45,16 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 	$(GO) test -count=1 -run '^TestArchitecture$$' ./store/
+
+# Regenerate the console screenshots shown in README.md (not run in CI):
+# the browser test of caddymodule/console_test.go saves every page it
+# visits; the keys page, the generate form and modal, and Settings are kept.
+SHOTS ?= admin/console/screenshots
+screenshots:
+	@tmp=$$(mktemp -d) && \
+	KEYGATE_CONSOLE_SCREENSHOTS=$$tmp $(GO) test -count=1 -run '^TestConsoleInBrowser$$' ./caddymodule/ && \
+	cp $$tmp/keys.png $$tmp/generate-form.png $$tmp/generate-secret.png $$tmp/settings.png $(SHOTS)/ && \
+	rm -rf $$tmp && ls -l $(SHOTS)
 
 # Crash durability (cmd/keygate-crash): kill -9 $(BIN) at random moments
 # under concurrent admin API writes, restart it on the same store and check

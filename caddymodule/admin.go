@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/admin"
+	"github.com/keygate/keygate/admin/console"
 )
 
 func init() {
@@ -20,8 +21,9 @@ func init() {
 }
 
 // AdminHandler serves keygate's admin REST API (/v1/…) on whatever site
-// and path the operator mounts it, so it gets Caddy's TLS. Requests it does
-// not route answer 404 from the API itself.
+// and path the operator mounts it, so it gets Caddy's TLS, and the
+// management console at /console/ beside it. Requests it does not route
+// answer 404 from the API itself.
 type AdminHandler struct {
 	// OperatorTokens are bearer tokens with every right. Placeholders such
 	// as {env.KEYGATE_OPERATOR_TOKEN} are expanded; a token that expands to
@@ -33,11 +35,17 @@ type AdminHandler struct {
 	// answer 429 with Retry-After. Defaults: 10 and 1s.
 	AuthFailureBurst    int            `json:"auth_failure_burst,omitempty"`
 	AuthFailureInterval caddy.Duration `json:"auth_failure_interval,omitempty"`
+	// DisableConsole turns off the management console (SPEC section 8),
+	// which is otherwise served at /console/ on this site: static pages
+	// built into the binary that sign in with an admin token and call
+	// this API. With it off, /console/ is an unknown path of the API (404).
+	DisableConsole bool `json:"disable_console,omitempty"`
 
-	shared *shared
-	tokens []string
-	logger *zap.Logger
-	api    *lazyAPI
+	shared  *shared
+	tokens  []string
+	logger  *zap.Logger
+	api     *lazyAPI
+	console *console.Handler
 }
 
 // lazyAPI builds the REST handler on first use: the store opens when the
@@ -71,6 +79,9 @@ func (a *AdminHandler) Provision(ctx caddy.Context) error {
 	a.shared = appVal.(*App).shared
 	a.logger = ctx.Logger()
 	a.api = new(lazyAPI)
+	if !a.DisableConsole {
+		a.console = console.New(consolePrefix)
+	}
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		// Operator and user tokens arrive as Bearer: hidden from this
 		// server's logs even with log_credentials on.
@@ -93,7 +104,14 @@ func (a *AdminHandler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// consolePrefix is where the console is served on the admin site.
+const consolePrefix = "/console/"
+
 func (a *AdminHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if a.console != nil && a.console.Matches(r.URL.Path) {
+		a.console.ServeHTTP(w, r)
+		return nil
+	}
 	api := a.api
 	api.once.Do(func() {
 		st, err := a.shared.store()

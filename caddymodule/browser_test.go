@@ -28,12 +28,32 @@ func chromiumPath(t *testing.T) string {
 	return ""
 }
 
+// chromiumAllocator starts headless Chromium as root on this closed network:
+// no sandbox, no GPU, no QUIC, none of the background connections Chromium
+// makes at start, and a fresh profile. extra options come last.
+func chromiumAllocator(t *testing.T, ctx context.Context, extra ...chromedp.ExecAllocatorOption) (context.Context, context.CancelFunc) {
+	t.Helper()
+	opts := append([]chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromiumPath(t)),
+		chromedp.Headless,
+		chromedp.NoSandbox, // CI runs as root
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+	}, extra...)
+	return chromedp.NewExecAllocator(ctx, opts...)
+}
+
 // TestBrowserFetchCrossOrigin: a page on one loopback origin calls the
 // gateway on another with fetch and X-API-Key, in real headless Chromium:
 // the browser's preflights are answered by keygate, the admitted call's
 // body and the 401's body and challenge are readable by the page.
 func TestBrowserFetchCrossOrigin(t *testing.T) {
-	exe := chromiumPath(t)
 	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		fmt.Fprint(w, "<!doctype html><title>app</title><p>app")
@@ -45,19 +65,7 @@ func TestBrowserFetchCrossOrigin(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(exe),
-		chromedp.Headless, // --headless
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true),
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-	)
+	actx, cancelAlloc := chromiumAllocator(t, ctx)
 	defer cancelAlloc()
 	bctx, cancelBrowser := chromedp.NewContext(actx)
 	defer cancelBrowser()

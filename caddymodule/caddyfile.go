@@ -226,6 +226,7 @@ func parseAdmin(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	api_key_admin [<matcher>] {
 //	    operator_token <token>   # repeatable; placeholders such as {env.X} work
 //	    auth_failures <burst> <interval>   # default 10 1s: bad tokens per client address before 429
+//	    console on|off           # the management console at /console/ (default on)
 //	}
 func (a *AdminHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -256,6 +257,21 @@ func (a *AdminHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("auth_failures: interval %q is not a positive duration", args[1])
 			}
 			a.AuthFailureBurst, a.AuthFailureInterval = n, caddy.Duration(iv)
+		case "console":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "on":
+				a.DisableConsole = false
+			case "off":
+				a.DisableConsole = true
+			default:
+				return d.Errf("console: %q is neither on nor off", d.Val())
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		default:
 			return d.Errf("unknown api_key_admin option %q", d.Val())
 		}
