@@ -144,14 +144,19 @@ func newVerifyCache(entries, negEntries int64, ttl time.Duration) (*verifyCache,
 	return &verifyCache{pos: pos, neg: neg, ttl: ttl}, nil
 }
 
+// stripeOf is the store's one striping function: the generation stripe of
+// a secret, and (its low bits) the guard stripe that keeps Close out while
+// the caches are used for it. Its hash is uniform, so any of its bits do.
+func stripeOf(h SecretHash) uint32 { return uint32(h.cacheKey() % genStripes) }
+
 func (c *verifyCache) gen(h SecretHash) *atomic.Uint64 {
-	return &c.gens[h.cacheKey()%genStripes]
+	return &c.gens[stripeOf(h)]
 }
 
-// invalidate runs after a write to h has committed. Bumping the generation
-// is what makes it correct; the deletes only free the entries early. Once
-// the store is closing the caches are left alone (ristretto must not be used
-// while it closes).
+// invalidate runs after a write to h has committed (commit.go). Bumping the
+// generation is what makes it correct; the deletes only free the entries
+// early. Once the store is closing the caches are left alone (ristretto
+// must not be used while it closes).
 func (s *Store) invalidate(h SecretHash) {
 	c := s.vcache
 	c.gen(h).Add(1)
@@ -177,7 +182,7 @@ type guardStripe struct {
 }
 
 func (s *Store) guard(h SecretHash) *guardStripe {
-	return &s.guards[h[31]%guardStripes]
+	return &s.guards[stripeOf(h)%guardStripes] // genStripes is a multiple of guardStripes
 }
 
 // drainGuards waits for every Verify that saw the store open to finish.
