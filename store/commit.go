@@ -91,6 +91,10 @@ type effects struct {
 	// (another node's commit) they are read from the committed records.
 	ends      []SecretEnd
 	endsKnown bool
+	// checkEnds are the secrets whose own record changed in a commit not
+	// recorded here: notify reads their ends (a grace secret added only
+	// because its key's record changed keeps the end it had).
+	checkEnds []SecretHash
 	// tenants and groups are the records the hot state holds that changed.
 	tenants []string
 	groups  []groupKey
@@ -256,6 +260,7 @@ func cut(s string) (before, after string, ok bool) {
 func (s *Store) resolveForeign(fx *effects) {
 	fx.endsKnown = false
 	n := len(fx.secrets)
+	fx.checkEnds = fx.secrets[:n:n]
 	for _, h := range fx.secrets[:n] {
 		var rec keyRecord
 		err := s.getKeyRecord(h, &rec)

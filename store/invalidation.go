@@ -101,7 +101,7 @@ func (s *Store) notify(fx *effects) {
 		inv.Secrets = fx.ends
 	} else {
 		now := s.now()
-		for _, h := range fx.secrets {
+		for _, h := range fx.checkEnds {
 			end, ok, err := s.secretEnd(h, now)
 			if err != nil {
 				// The record could not be read: the write committed but
