@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -508,5 +509,56 @@ func TestUncertainCommit(t *testing.T) {
 				t.Fatalf("after the uncertain revoke: %s, want %s", vname(v), vname(want))
 			}
 		})
+	}
+}
+
+// tenantReadFailKV fails every read of a tenant record once armed and a
+// batch has been applied: the read that reloads the hot state after a
+// commit fails.
+type tenantReadFailKV struct {
+	KV
+	armed, failing atomic.Bool
+}
+
+func (k *tenantReadFailKV) Apply(b *Batch, sync bool) error {
+	err := k.KV.Apply(b, sync)
+	if k.armed.Load() {
+		k.failing.Store(true)
+	}
+	return err
+}
+
+func (k *tenantReadFailKV) Get(key []byte) ([]byte, error) {
+	if k.failing.Load() && bytes.HasPrefix(key, []byte(pTenant)) {
+		return nil, errAmbiguous
+	}
+	return k.KV.Get(key)
+}
+
+// TestTenantReloadFailsClosed: when a tenant's record cannot be read back
+// after a write to it, its API keys count as disabled (the write may have
+// disabled them) until a later change reads it.
+func TestTenantReloadFailsClosed(t *testing.T) {
+	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
+	mustNil(t, err)
+	fkv := &tenantReadFailKV{KV: kv}
+	s := memStore(t, newClock(), func(o *Options) { o.KV = fkv })
+	enable(t, s, "acme")
+	enable(t, s, "globex")
+	fkv.armed.Store(true)
+	_, err = s.UpdateSettings("op", "acme", SettingsPatch{APIKeysEnabled: Some(false)})
+	mustNil(t, err)
+	if s.TenantEnabled("acme") {
+		t.Fatal("a tenant whose record could not be read after a write still admits")
+	}
+	if !s.TenantEnabled("globex") {
+		t.Fatal("another tenant was touched")
+	}
+	fkv.armed.Store(false)
+	fkv.failing.Store(false)
+	_, err = s.UpdateSettings("op", "acme", SettingsPatch{APIKeysEnabled: Some(true)})
+	mustNil(t, err)
+	if !s.TenantEnabled("acme") {
+		t.Fatal("the next change did not read the tenant again")
 	}
 }

@@ -11,7 +11,8 @@ import (
 // and the tenants whose API keys no longer admit at all.
 //
 // Requests already admitted are the subscriber's business (the gateway ends
-// the long-lived ones): Verify answers for new requests by itself.
+// the long-lived ones): Verify answers for new requests by itself. Where an
+// invalidation comes from, and why it is complete, is in commit.go.
 type Invalidation struct {
 	// Secrets lists each secret whose admission ended or got a deadline.
 	Secrets []SecretEnd

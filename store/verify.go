@@ -108,7 +108,7 @@ func (a *Allowlist) Contains(ip netip.Addr) bool {
 // (PITFALLS 13, 14): every entry records the generation of its hash's stripe
 // read BEFORE the store read that produced it, and every committed write to a
 // hash bumps that stripe's generation AFTER the commit and before the writer
-// returns. A fill that raced a write therefore carries an old generation and
+// returns (Store.commit; commit.go states the whole guarantee). A fill that raced a write therefore carries an old generation and
 // is ignored on hit; a fill whose generation is current read after the write.
 type verifyCache struct {
 	pos  *ristretto.Cache[uint64, *KeyView]
