@@ -43,10 +43,13 @@ import (
 // the affected secret, also against concurrent cache fills (PITFALLS 13, 14).
 // The argument:
 //
-//   - The effect is recorded by the code that makes the write: revokeInto,
-//     deleteInto and RotateKey name each secret they end (ended), the
-//     tenant writes name the tenant. A batch cannot end a secret without
-//     naming it, because those helpers are the only writers of key records.
+//   - The effect is recorded by the code that makes the write, next to it:
+//     the only writers of key records (putKey, UpdateKey, RotateKey,
+//     revokeInto, deleteInto) name every secret whose record they write or
+//     delete, with its end when it stops admitting (ended); the tenant
+//     writes name the tenant. TestForeignDecodeMatchesLocal checks, for
+//     every write method, that the recorded secrets, tenants and groups are
+//     exactly those the written keys name.
 //   - Verify admits from the cache only an entry whose generation equals its
 //     secret's current generation (one stripe of verifyCache.gens, chosen by
 //     stripeOf, the store's only striping function), and every entry carries

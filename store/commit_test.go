@@ -562,3 +562,20 @@ func TestTenantReloadFailsClosed(t *testing.T) {
 		t.Fatal("the next change did not read the tenant again")
 	}
 }
+
+// TestForeignRevocationRace: the PITFALLS 14 race for a revocation that
+// arrives as another writer's commit (decoded from its keys by the watch):
+// once it is applied, no Verify that starts afterwards admits the key.
+func TestForeignRevocationRace(t *testing.T) {
+	raceRounds(t, 8, func(s *Store, id string) error {
+		rec, h, err := s.loadKey(DefaultTenant, id)
+		if err != nil {
+			return err
+		}
+		now := time.Now().UTC()
+		rec.RevokedAt = &now
+		var b Batch
+		b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
+		return s.kv.Apply(&b, true) // Pebble runs the watch before returning
+	})
+}
