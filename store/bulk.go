@@ -32,15 +32,16 @@ func (s *Store) checkKeyInput(f fieldErrors, prefix, tenant string, in *KeyInput
 
 // newKeyInto adds a new key (record, indexes and its key.created event) to
 // b and returns the record and the secret. The input must be validated.
-func (s *Store) newKeyInto(b *Batch, actor, tenant, owner string, in *KeyInput, exp *time.Time, allow []string, now time.Time) (*keyRecord, string) {
+func (s *Store) newKeyInto(c *commit, actor, tenant, owner string, in *KeyInput, exp *time.Time, allow []string, now time.Time) (*keyRecord, string) {
 	secret := NewSecret(KeyPrefix)
 	h := s.hasher.hash(secret)
 	rec := &keyRecord{
 		ID: newID("key", now), Tenant: tenant, Name: in.Name, Description: in.Description, Owner: owner,
 		Group: in.Group, IPAllowlist: allow, Hint: Hint(secret), CreatedAt: now, UpdatedAt: now, ExpiresAt: exp,
 	}
-	s.putKey(b, rec, h)
-	s.event(b, now, tenant, "key.created", actor, rec.ID, map[string]any{"name": rec.Name, "owner": owner, "group": rec.Group, "expires_at": exp})
+	s.putKey(c, rec, h)
+	c.keyCount(tenant, 1)
+	s.event(&c.b, now, tenant, "key.created", actor, rec.ID, map[string]any{"name": rec.Name, "owner": owner, "group": rec.Group, "expires_at": exp})
 	return rec, secret
 }
 
@@ -91,17 +92,17 @@ func (s *Store) CreateKeys(actor, tenant, owner string, inputs []KeyInput) ([]*K
 		return nil, nil, &Error{Kind: KindLimit, Code: "key_limit_reached", Message: fmt.Sprintf("%q has %d active keys; %d more would exceed max_keys_per_user (%d)", owner, active, n, st.MaxKeysPerUser)}
 	}
 
-	var b Batch
-	b.ops = make([]batchOp, 0, n*8)
+	c := newCommit()
+	c.b.ops = make([]batchOp, 0, n*8)
+	c.fx.secrets = make([]SecretHash, 0, n)
 	recs := make([]*keyRecord, n)
 	secrets := make([]string, n)
 	for i := range inputs {
-		recs[i], secrets[i] = s.newKeyInto(&b, actor, tenant, owner, &inputs[i], exps[i], allows[i], now)
+		recs[i], secrets[i] = s.newKeyInto(c, actor, tenant, owner, &inputs[i], exps[i], allows[i], now)
 	}
-	if err := s.apply(&b); err != nil {
+	if err := s.commit(c); err != nil {
 		return nil, nil, err
 	}
-	s.addKeyCount(tenant, n)
 	keys := make([]*Key, n)
 	for i, rec := range recs {
 		keys[i] = s.keyView(rec, st, now, nil)

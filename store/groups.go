@@ -129,10 +129,11 @@ func (s *Store) PutGroup(actor, tenant, name string, in GroupInput) (*Group, err
 	} else if KindOf(err) != KindNotFound {
 		return nil, err
 	}
-	var b Batch
-	b.Set(k(pGroup+tenant, name), mustJSON(g))
-	s.event(&b, now, tenant, typ, actor, "", detail)
-	if err := s.apply(&b); err != nil {
+	c := newCommit()
+	c.b.Set(k(pGroup+tenant, name), mustJSON(g))
+	c.group(tenant, name)
+	s.event(&c.b, now, tenant, typ, actor, "", detail)
+	if err := s.commit(c); err != nil {
 		return nil, err
 	}
 	return &g, nil
@@ -201,10 +202,11 @@ func (s *Store) DeleteGroup(actor, tenant, name string) error {
 		return conflict("group %q is used by %d key(s)", name, inUse)
 	}
 	now := s.now().UTC()
-	var b Batch
-	b.Delete(k(pGroup+tenant, name))
-	s.event(&b, now, tenant, "group.deleted", actor, "", map[string]any{"group": name})
-	return s.apply(&b)
+	c := newCommit()
+	c.b.Delete(k(pGroup+tenant, name))
+	c.group(tenant, name)
+	s.event(&c.b, now, tenant, "group.deleted", actor, "", map[string]any{"group": name})
+	return s.commit(c)
 }
 
 // GroupView is a group compiled for the hot path. Never mutated once built.

@@ -11,13 +11,18 @@ import (
 // and the tenants whose API keys no longer admit at all.
 //
 // Requests already admitted are the subscriber's business (the gateway ends
-// the long-lived ones): Verify answers for new requests by itself.
+// the long-lived ones): Verify answers for new requests by itself. Where an
+// invalidation comes from, and why it is complete, is in commit.go.
 type Invalidation struct {
 	// Secrets lists each secret whose admission ended or got a deadline.
 	Secrets []SecretEnd
 	// Tenants lists tenants whose API keys are disabled or which no longer
 	// exist: no key of theirs admits anything.
 	Tenants []string
+	// All: the store lost track of what changed (Store.ReloadAll) and every
+	// cached verification was dropped; a subscriber re-checks each request
+	// it holds with AdmitsUntil (which then reads the committed records).
+	All bool
 }
 
 // SecretEnd is one secret that stopped admitting requests.
@@ -45,12 +50,13 @@ type SecretEnd struct {
 // subscriber), on the writer's goroutine: it must be quick and must not call
 // back into the store's write methods. The returned function unsubscribes.
 //
-// Invalidations are derived from the committed keys (the same KV watch that
-// keeps the verification cache right, see onChange), not announced by each
-// write method: every path that ends a secret — revoke, bulk revoke, delete,
-// delete-all-of-owner, rotation, and writes made by another node once the
-// KV is networked — is covered without having to remember to notify, and
-// whether a secret still admits is decided by the same record Verify reads.
+// What a write ends is recorded by the code that makes it (commit.go):
+// revokeInto, deleteInto and RotateKey name each secret they end, so every
+// path that ends a secret — revoke, bulk revoke, delete, delete-all-of-owner,
+// user deletion, rotation — is covered by construction. Another node's
+// writes (a networked KV) are told the same way once its watch delivers
+// them; their ends are read from the committed records, the same records
+// Verify reads.
 func (s *Store) Subscribe(fn func(Invalidation)) (unsubscribe func()) {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
@@ -81,34 +87,40 @@ func (s *Store) subscribers() []func(Invalidation) {
 	return out
 }
 
-// notifyInvalidation runs in onChange after the caches were invalidated and
-// the tenant state reloaded: it re-reads every changed secret and reports
-// those that no longer admit. With no subscriber it costs nothing.
-func (s *Store) notifyInvalidation(hashes []SecretHash, tenants []string) {
+// notify tells the subscribers what fx ended, after its generations were
+// bumped and the hot state reloaded (applyEffects). The secrets' ends are
+// the recorded ones for a local commit; otherwise they are read from the
+// committed records. A tenant is named when its API keys no longer admit.
+// With no subscriber it costs nothing.
+func (s *Store) notify(fx *effects) {
 	subs := s.subscribers()
 	if len(subs) == 0 {
 		return
 	}
-	var inv Invalidation
-	now := s.now()
-	for _, h := range hashes {
-		end, ok, err := s.secretEnd(h, now)
-		if err != nil {
-			// The record could not be read: the write committed but we
-			// cannot tell its effect. Fail closed, as Verify does.
-			s.log.Errorf("invalidation: read key record: %v", err)
-			end, ok = SecretEnd{Hash: h, Code: "invalid_key"}, true
-		}
-		if ok {
-			inv.Secrets = append(inv.Secrets, end)
+	inv := Invalidation{All: fx.all}
+	if fx.endsKnown {
+		inv.Secrets = fx.ends
+	} else {
+		now := s.now()
+		for _, h := range fx.checkEnds {
+			end, ok, err := s.secretEnd(h, now)
+			if err != nil {
+				// The record could not be read: the write committed but
+				// we cannot tell its effect. Fail closed, as Verify does.
+				s.log.Errorf("invalidation: read key record: %v", err)
+				end, ok = SecretEnd{Hash: h, Code: "invalid_key"}, true
+			}
+			if ok {
+				inv.Secrets = append(inv.Secrets, end)
+			}
 		}
 	}
-	for _, t := range tenants {
+	for _, t := range fx.tenants {
 		if !s.TenantEnabled(t) {
 			inv.Tenants = append(inv.Tenants, t)
 		}
 	}
-	if len(inv.Secrets) == 0 && len(inv.Tenants) == 0 {
+	if len(inv.Secrets) == 0 && len(inv.Tenants) == 0 && !inv.All {
 		return
 	}
 	for _, fn := range subs {

@@ -130,21 +130,22 @@ func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 		return nil, "", &Error{Kind: KindLimit, Code: "key_limit_reached", Message: fmt.Sprintf("%q already has %d active keys (max_keys_per_user is %d)", owner, active, st.MaxKeysPerUser)}
 	}
 
-	var b Batch
-	rec, secret := s.newKeyInto(&b, actor, tenant, owner, &in, exp, allow, now)
-	if err := s.apply(&b); err != nil {
+	c := newCommit()
+	rec, secret := s.newKeyInto(c, actor, tenant, owner, &in, exp, allow, now)
+	if err := s.commit(c); err != nil {
 		return nil, "", err
 	}
-	s.addKeyCount(tenant, 1)
 	return s.keyView(rec, st, now, nil), secret, nil
 }
 
-// putKey writes the record and every index pointing at its hash.
-func (s *Store) putKey(b *Batch, rec *keyRecord, h SecretHash) {
-	b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
-	b.Set(k(pKeyID+rec.ID), h[:])
-	b.Set(k(pKeyTenant+rec.Tenant, rec.ID), h[:])
-	b.Set(k(pKeyOwner+rec.Tenant, rec.Owner, rec.ID), h[:])
+// putKey writes the record and every index pointing at its hash. The
+// secret's view changes (a new secret: a cached "unknown" for it goes).
+func (s *Store) putKey(c *commit, rec *keyRecord, h SecretHash) {
+	c.b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
+	c.b.Set(k(pKeyID+rec.ID), h[:])
+	c.b.Set(k(pKeyTenant+rec.Tenant, rec.ID), h[:])
+	c.b.Set(k(pKeyOwner+rec.Tenant, rec.Owner, rec.ID), h[:])
+	c.changed(h)
 }
 
 // loadKey reads a key of the tenant by id; another tenant's id is not found.
@@ -356,6 +357,14 @@ func (s *Store) addKeyCount(tenant string, d int) {
 	}
 }
 
+// forgetKeyCount makes the tenant's key count be read again (another node
+// created or deleted keys of it).
+func (s *Store) forgetKeyCount(tenant string) {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	delete(s.keyCounts, tenant)
+}
+
 func (s *Store) ownerKeys(tenant, owner string) ([]*keyRecord, error) {
 	var hashes []SecretHash
 	if err := s.kv.Scan(k(pKeyOwner+tenant, owner, ""), nil, func(_, v []byte) bool {
@@ -449,19 +458,15 @@ func (s *Store) UpdateKey(actor, tenant, id string, p KeyPatch) (*Key, error) {
 	}
 	now := s.now().UTC()
 	rec.UpdatedAt = now
-	var b Batch
-	b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
+	c := newCommit()
+	c.b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
+	c.changed(h)
 	if rec.PrevHash != nil {
-		// Rewrite the grace record unchanged so that caches holding the
-		// rotated-out secret's view (built from this record) drop it too.
-		// (A grace record still in JSON is rewritten in the binary form.)
-		var grace keyRecord
-		if err := s.getKeyRecord(*rec.PrevHash, &grace); err == nil {
-			b.Set(hashKey(pKeyHash, *rec.PrevHash), encodeKeyRecord(&grace))
-		}
+		// The rotated-out secret's view is built from this record too.
+		c.changed(*rec.PrevHash)
 	}
-	s.event(&b, now, tenant, "key.updated", actor, id, ch.detail(nil))
-	if err := s.apply(&b); err != nil {
+	s.event(&c.b, now, tenant, "key.updated", actor, id, ch.detail(nil))
+	if err := s.commit(c); err != nil {
 		return nil, err
 	}
 	return s.keyView(rec, st, now, nil), nil
@@ -537,9 +542,10 @@ func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 	}
 	secret := NewSecret(KeyPrefix)
 	h := s.hasher.hash(secret)
-	var b Batch
-	if rec.PrevHash != nil {
-		b.Delete(hashKey(pKeyHash, *rec.PrevHash))
+	c := newCommit()
+	if rec.PrevHash != nil { // an earlier rotation's grace secret ends now
+		c.b.Delete(hashKey(pKeyHash, *rec.PrevHash))
+		c.ended(*rec.PrevHash, "", time.Time{}, "invalid_key")
 		rec.PrevHash, rec.PrevUntil = nil, nil
 	}
 	until := now.Add(grace)
@@ -547,28 +553,29 @@ func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 		until = *rec.ExpiresAt // the old secret never outlives its expiry
 	}
 	if grace > 0 && until.After(now) {
-		b.Set(hashKey(pKeyHash, oldHash), encodeKeyRecord(&keyRecord{ID: id, GraceOf: &h, GraceUntil: &until, CreatedAt: rec.CreatedAt, UpdatedAt: now}))
+		c.b.Set(hashKey(pKeyHash, oldHash), encodeKeyRecord(&keyRecord{ID: id, GraceOf: &h, GraceUntil: &until, CreatedAt: rec.CreatedAt, UpdatedAt: now}))
+		c.ended(oldHash, id, until, "invalid_key")
 		rec.PrevHash, rec.PrevUntil = &oldHash, &until
 	} else {
-		b.Delete(hashKey(pKeyHash, oldHash))
+		c.b.Delete(hashKey(pKeyHash, oldHash))
+		c.ended(oldHash, "", time.Time{}, "invalid_key")
 	}
 	rec.ExpiresAt = exp
 	rec.Hint = Hint(secret)
 	rec.UpdatedAt = now
-	s.putKey(&b, rec, h)
-	s.event(&b, now, tenant, "key.rotated", actor, id, map[string]any{
+	s.putKey(c, rec, h)
+	s.event(&c.b, now, tenant, "key.rotated", actor, id, map[string]any{
 		"grace_period": Duration(grace), "expires_at": exp, "previous_expires_at": prevExp, "reactivated": expired})
-	if err := s.apply(&b); err != nil {
+	if err := s.commit(c); err != nil {
 		return nil, "", err
 	}
 	return s.keyView(rec, st, now, nil), secret, nil
 }
 
 // revokeInto adds the revocation of rec, and its key.revoked event with
-// detail (may be nil), to b. Only active keys can be revoked. Writing the
-// record under its hash is what invalidates the verification cache
-// (onChange), so every revocation goes through here.
-func (s *Store) revokeInto(b *Batch, rec *keyRecord, h SecretHash, actor string, now time.Time, detail map[string]any) error {
+// detail (may be nil), to c, and records that its secrets end (commit.go):
+// every revocation goes through here. Only active keys can be revoked.
+func (s *Store) revokeInto(c *commit, rec *keyRecord, h SecretHash, actor string, now time.Time, detail map[string]any) error {
 	if rec.RevokedAt != nil {
 		return conflict("key %q is already revoked", rec.ID)
 	}
@@ -577,11 +584,13 @@ func (s *Store) revokeInto(b *Batch, rec *keyRecord, h SecretHash, actor string,
 	}
 	rec.RevokedAt, rec.RevokedBy, rec.UpdatedAt = &now, actor, now
 	if rec.PrevHash != nil { // the grace secret dies with the key
-		b.Delete(hashKey(pKeyHash, *rec.PrevHash))
+		c.b.Delete(hashKey(pKeyHash, *rec.PrevHash))
+		c.ended(*rec.PrevHash, "", time.Time{}, "invalid_key")
 		rec.PrevHash, rec.PrevUntil = nil, nil
 	}
-	b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
-	s.event(b, now, rec.Tenant, "key.revoked", actor, rec.ID, detail)
+	c.b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
+	c.ended(h, rec.ID, time.Time{}, "key_revoked")
+	s.event(&c.b, now, rec.Tenant, "key.revoked", actor, rec.ID, detail)
 	return nil
 }
 
@@ -599,11 +608,11 @@ func (s *Store) RevokeKey(actor, tenant, id string) (*Key, error) {
 		return nil, err
 	}
 	now := s.now().UTC()
-	var b Batch
-	if err := s.revokeInto(&b, rec, h, actor, now, nil); err != nil {
+	c := newCommit()
+	if err := s.revokeInto(c, rec, h, actor, now, nil); err != nil {
 		return nil, err
 	}
-	if err := s.apply(&b); err != nil {
+	if err := s.commit(c); err != nil {
 		return nil, err
 	}
 	return s.keyView(rec, st, now, nil), nil
@@ -627,7 +636,7 @@ func (s *Store) RevokeKeys(actor, tenant string, ids []string) ([]RevokeResult, 
 		return nil, err
 	}
 	now := s.now().UTC()
-	var b Batch
+	c := newCommit()
 	results := make([]RevokeResult, len(ids))
 	done := map[string]bool{}
 	for i, id := range ids {
@@ -639,7 +648,7 @@ func (s *Store) RevokeKeys(actor, tenant string, ids []string) ([]RevokeResult, 
 			var rec *keyRecord
 			var h SecretHash
 			if rec, h, err = s.loadKey(tenant, id); err == nil {
-				err = s.revokeInto(&b, rec, h, actor, now, nil)
+				err = s.revokeInto(c, rec, h, actor, now, nil)
 			}
 		}
 		if err != nil {
@@ -653,23 +662,29 @@ func (s *Store) RevokeKeys(actor, tenant string, ids []string) ([]RevokeResult, 
 		done[id] = true
 		results[i].OK = true
 	}
-	if err := s.apply(&b); err != nil {
+	if err := s.commit(c); err != nil {
 		return nil, err
 	}
 	return results, nil
 }
 
-// deleteInto adds the deletion of rec and all its indexes to b.
-func (s *Store) deleteInto(b *Batch, rec *keyRecord, h SecretHash, actor string, now time.Time) {
-	b.Delete(hashKey(pKeyHash, h))
+// deleteInto adds the deletion of rec and all its indexes to c, and records
+// its effects: its secrets end, its tenant counts one key less, its buffered
+// usage goes.
+func (s *Store) deleteInto(c *commit, rec *keyRecord, h SecretHash, actor string, now time.Time) {
+	c.b.Delete(hashKey(pKeyHash, h))
+	c.ended(h, "", time.Time{}, "invalid_key")
 	if rec.PrevHash != nil {
-		b.Delete(hashKey(pKeyHash, *rec.PrevHash))
+		c.b.Delete(hashKey(pKeyHash, *rec.PrevHash))
+		c.ended(*rec.PrevHash, "", time.Time{}, "invalid_key")
 	}
-	b.Delete(k(pKeyID + rec.ID))
-	b.Delete(k(pKeyTenant+rec.Tenant, rec.ID))
-	b.Delete(k(pKeyOwner+rec.Tenant, rec.Owner, rec.ID))
-	b.Delete(k(pKeyUsage + rec.ID))
-	s.event(b, now, rec.Tenant, "key.deleted", actor, rec.ID, map[string]any{"name": rec.Name, "owner": rec.Owner})
+	c.b.Delete(k(pKeyID + rec.ID))
+	c.b.Delete(k(pKeyTenant+rec.Tenant, rec.ID))
+	c.b.Delete(k(pKeyOwner+rec.Tenant, rec.Owner, rec.ID))
+	c.b.Delete(k(pKeyUsage + rec.ID))
+	c.keyCount(rec.Tenant, -1)
+	c.keyDeleted(rec.ID)
+	s.event(&c.b, now, rec.Tenant, "key.deleted", actor, rec.ID, map[string]any{"name": rec.Name, "owner": rec.Owner})
 }
 
 // DeleteKey removes a key record; its events stay.
@@ -686,14 +701,9 @@ func (s *Store) DeleteKey(actor, tenant, id string) error {
 	if _, err := s.countTenantKeys(tenant); err != nil {
 		return err
 	}
-	var b Batch
-	s.deleteInto(&b, rec, h, actor, s.now().UTC())
-	if err := s.apply(&b); err != nil {
-		return err
-	}
-	s.usage.forget(id)
-	s.addKeyCount(tenant, -1)
-	return nil
+	c := newCommit()
+	s.deleteInto(c, rec, h, actor, s.now().UTC())
+	return s.commit(c)
 }
 
 // DeleteOwnerKeys deletes every key of owner in the tenant.
@@ -711,20 +721,16 @@ func (s *Store) DeleteOwnerKeys(actor, tenant, owner string) (int, error) {
 		return 0, err
 	}
 	now := s.now().UTC()
-	var b Batch
+	c := newCommit()
 	for _, rec := range recs {
 		_, h, err := s.loadKey(tenant, rec.ID)
 		if err != nil {
 			return 0, err
 		}
-		s.deleteInto(&b, rec, h, actor, now)
+		s.deleteInto(c, rec, h, actor, now)
 	}
-	if err := s.apply(&b); err != nil {
+	if err := s.commit(c); err != nil {
 		return 0, err
 	}
-	for _, rec := range recs {
-		s.usage.forget(rec.ID)
-	}
-	s.addKeyCount(tenant, -len(recs))
 	return len(recs), nil
 }

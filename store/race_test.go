@@ -165,9 +165,9 @@ func TestStaleFillIgnored(t *testing.T) {
 	}
 	now := clk.Now()
 	rec := &keyRecord{ID: newID("key", now), Tenant: DefaultTenant, Name: "injected", Owner: "bob", CreatedAt: now, UpdatedAt: now}
-	var b Batch
-	s.putKey(&b, rec, h2)
-	mustNil(t, s.apply(&b))
+	c := newCommit()
+	s.putKey(c, rec, h2)
+	mustNil(t, s.commit(c))
 	s.vcache.neg.SetWithTTL(h2.cacheKey(), &negEntry{hash: h2, gen: gen2}, 1, time.Hour)
 	s.Wait()
 	if v := verdict(t, s, DefaultTenant, secret2, now); v != VerdictValid {

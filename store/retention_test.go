@@ -29,7 +29,7 @@ func addEvents(t *testing.T, s *Store, now time.Time, tenant, typ string, n int)
 	for range n {
 		s.event(&b, now, tenant, typ, "gateway", "key_x", map[string]any{"forbidden": 1})
 	}
-	mustNil(t, s.apply(&b))
+	mustNil(t, s.kv.Apply(&b, true)) // a raw write: its effects are decoded from its keys
 }
 
 // TestEventRetention: with a fake clock, events older than the retention go

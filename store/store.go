@@ -153,6 +153,10 @@ type Store struct {
 	denied   deniedSummaries
 
 	subscriptions // invalidation subscribers (invalidation.go)
+	local         localCommits
+	// afterCommit, when set (tests), sees every domain batch and its
+	// recorded effects right after kv.Apply returned err.
+	afterCommit func(b *Batch, fx *effects, err error)
 
 	cmu       sync.Mutex
 	keyCounts map[string]int // tenant → keys, filled lazily
@@ -220,6 +224,7 @@ func Open(opts Options) (*Store, error) {
 		stop:     make(chan struct{}),
 	}
 	s.retention = opts.EventRetention
+	s.hot.Store(&hotState{enabled: map[string]bool{}, groups: map[groupKey]*GroupView{}}) // init loads it
 	vc, err := newVerifyCache(opts.CacheEntries, opts.NegativeEntries, opts.NegativeTTL)
 	if err != nil {
 		_ = kv.Close()
@@ -234,7 +239,10 @@ func Open(opts Options) (*Store, error) {
 		_ = kv.Close()
 		return nil, err
 	}
-	kv.Watch(s.onChange)
+	kv.Watch(s.onWatch)
+	if r, ok := kv.(kvResetter); ok {
+		r.OnReset(s.ReloadAll)
+	}
 	if opts.FlushInterval > 0 {
 		s.flushDone = make(chan struct{})
 		go s.flushLoop(opts.FlushInterval)
@@ -334,14 +342,6 @@ func (s *Store) Close() error {
 	return err
 }
 
-// apply commits a domain write durably.
-func (s *Store) apply(b *Batch) error {
-	if err := s.kv.Apply(b, true); err != nil {
-		return fmt.Errorf("store write: %w", err)
-	}
-	return nil
-}
-
 func (s *Store) getJSON(key []byte, v any) error {
 	raw, err := s.kv.Get(key)
 	if err != nil {
@@ -372,42 +372,6 @@ func mustJSON(v any) []byte {
 		panic(fmt.Sprintf("store: encode %T: %v", v, err)) // our own types always encode
 	}
 	return b
-}
-
-// onChange is the KV watch callback: it keeps the verification cache and the
-// in-memory tenant/group state in step with every committed write — ours or,
-// with a networked KV, another node's.
-//
-// It then tells invalidation subscribers what stopped admitting
-// (invalidation.go): after the caches and the tenant state are current, and
-// still before the write returns.
-func (s *Store) onChange(keys [][]byte) {
-	reloadHot := false
-	var hashes []SecretHash
-	var tenants []string
-	for _, key := range keys {
-		ks := string(key)
-		switch {
-		case len(ks) == len(pKeyHash)+len(SecretHash{}) && ks[:len(pKeyHash)] == pKeyHash:
-			var h SecretHash
-			copy(h[:], key[len(pKeyHash):])
-			s.invalidate(h)
-			hashes = append(hashes, h)
-		case hasPrefix(ks, pTenant):
-			reloadHot = true
-			tenants = append(tenants, ks[len(pTenant):])
-		case hasPrefix(ks, pGroup):
-			reloadHot = true
-		}
-	}
-	if reloadHot {
-		if err := s.reloadHot(); err != nil {
-			s.log.Errorf("reload tenants and groups: %v", err)
-		}
-	}
-	if len(hashes) > 0 || len(tenants) > 0 {
-		s.notifyInvalidation(hashes, tenants)
-	}
 }
 
 func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }

@@ -60,10 +60,11 @@ func (s *Store) CreateTenant(actor string, in TenantInput) (*Tenant, error) {
 		ID: in.ID, Name: in.Name, KeyLimit: in.KeyLimit, CreatedAt: now, UpdatedAt: now,
 		Settings: Settings{MaxKeysPerUser: DefaultMaxKeysPerUser, ExpiringSoonWindow: Duration(DefaultExpiringSoonWindow)},
 	}
-	var b Batch
-	b.Set(k(pTenant+in.ID), mustJSON(rec))
-	s.event(&b, now, in.ID, "tenant.created", actor, "", map[string]any{"name": in.Name, "key_limit": in.KeyLimit})
-	if err := s.apply(&b); err != nil {
+	c := newCommit()
+	c.b.Set(k(pTenant+in.ID), mustJSON(rec))
+	c.tenant(in.ID)
+	s.event(&c.b, now, in.ID, "tenant.created", actor, "", map[string]any{"name": in.Name, "key_limit": in.KeyLimit})
+	if err := s.commit(c); err != nil {
 		return nil, err
 	}
 	return s.tenantView(&rec)
@@ -168,10 +169,11 @@ func (s *Store) UpdateTenant(actor, id string, p TenantPatch) (*Tenant, error) {
 	}
 	now := s.now().UTC()
 	rec.UpdatedAt = now
-	var b Batch
-	b.Set(k(pTenant+id), mustJSON(rec))
-	s.event(&b, now, id, "tenant.updated", actor, "", ch.detail(detail))
-	if err := s.apply(&b); err != nil {
+	c := newCommit()
+	c.b.Set(k(pTenant+id), mustJSON(rec))
+	c.tenant(id)
+	s.event(&c.b, now, id, "tenant.updated", actor, "", ch.detail(detail))
+	if err := s.commit(c); err != nil {
 		return nil, err
 	}
 	return s.tenantView(rec)
@@ -271,10 +273,11 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 	}
 	now := s.now().UTC()
 	rec.UpdatedAt = now
-	var b Batch
-	b.Set(k(pTenant+tenant), mustJSON(rec))
-	s.event(&b, now, tenant, "settings.updated", actor, "", ch.detail(detail))
-	if err := s.apply(&b); err != nil {
+	c := newCommit()
+	c.b.Set(k(pTenant+tenant), mustJSON(rec))
+	c.tenant(tenant) // the enable switch: read into the hot state before returning
+	s.event(&c.b, now, tenant, "settings.updated", actor, "", ch.detail(detail))
+	if err := s.commit(c); err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -311,12 +314,7 @@ func (s *Store) reloadHot() error {
 		if decodeErr = jsonUnmarshal(v, &g); decodeErr != nil {
 			return false
 		}
-		gv := compileGroup(&g)
-		if gv.unsupported > 0 {
-			s.log.Errorf("group %q of tenant %q: %d path pattern(s) use \"?\", \"[\" or \"\\\" (no longer supported) and match nothing; rewrite them with \"*\"",
-				g.Name, g.Tenant, gv.unsupported)
-		}
-		st.groups[groupKey{g.Tenant, g.Name}] = gv
+		st.groups[groupKey{g.Tenant, g.Name}] = s.compileLogged(&g)
 		return true
 	})
 	if err == nil {
@@ -327,6 +325,17 @@ func (s *Store) reloadHot() error {
 	}
 	s.hot.Store(st)
 	return nil
+}
+
+// compileLogged compiles a group for the hot state, logging the patterns
+// that can no longer match.
+func (s *Store) compileLogged(g *Group) *GroupView {
+	gv := compileGroup(g)
+	if gv.unsupported > 0 {
+		s.log.Errorf("group %q of tenant %q: %d path pattern(s) use \"?\", \"[\" or \"\\\" (no longer supported) and match nothing; rewrite them with \"*\"",
+			g.Name, g.Tenant, gv.unsupported)
+	}
+	return gv
 }
 
 // TenantEnabled reports whether the tenant exists and has API keys enabled.

@@ -337,7 +337,8 @@ func (s *Store) flush(final bool) error {
 	s.usage.skipDeleted(deltas)
 	now := s.now().UTC()
 	fresh := map[string]deniedReport{}
-	var b Batch
+	c := newCommit() // usage and events only: no effects
+	b := &c.b
 	for id, d := range deltas {
 		var rec usageRecord
 		if d.used {
@@ -368,7 +369,7 @@ func (s *Store) flush(final bool) error {
 	plan := s.denied.plan(fresh, now, final)
 	for _, r := range plan {
 		if r.due {
-			s.event(&b, now, r.tenant, "key.requests_denied", "gateway", r.id, outcomeMap(r.counts))
+			s.event(b, now, r.tenant, "key.requests_denied", "gateway", r.id, outcomeMap(r.counts))
 		}
 	}
 	if b.Len() == 0 {
@@ -376,7 +377,7 @@ func (s *Store) flush(final bool) error {
 		return nil
 	}
 	start := time.Now()
-	if err := s.kv.Apply(&b, true); err != nil {
+	if err := s.commit(c); err != nil {
 		s.flushes.failures.Add(1)
 		s.usage.restore(deltas, now) // the next flush retries them
 		return fmt.Errorf("flush usage (kept for the next flush): %w", err)

@@ -41,10 +41,10 @@ func (s *Store) PutUser(actor, tenant, id string, roles []Role) (*User, error) {
 	} else if KindOf(err) != KindNotFound {
 		return nil, err
 	}
-	var b Batch
-	b.Set(k(pUser+tenant, id), mustJSON(u))
-	s.event(&b, now, tenant, "user.updated", actor, "", map[string]any{"user": id, "roles": clean})
-	if err := s.apply(&b); err != nil {
+	c := newCommit()
+	c.b.Set(k(pUser+tenant, id), mustJSON(u))
+	s.event(&c.b, now, tenant, "user.updated", actor, "", map[string]any{"user": id, "roles": clean})
+	if err := s.commit(c); err != nil {
 		return nil, err
 	}
 	return &u, nil
@@ -81,7 +81,7 @@ func (s *Store) DeleteUser(actor, tenant, id string) error {
 		return err
 	}
 	now := s.now().UTC()
-	var b Batch
+	c := newCommit()
 	toks, err := s.userTokens(tenant, id)
 	if err != nil {
 		return err
@@ -90,7 +90,7 @@ func (s *Store) DeleteUser(actor, tenant, id string) error {
 	for _, t := range toks {
 		if t.RevokedAt == nil {
 			t.RevokedAt = &now
-			b.Set(k(pToken+t.ID), mustJSON(t))
+			c.b.Set(k(pToken+t.ID), mustJSON(t))
 			tokens = append(tokens, t.ID)
 		}
 	}
@@ -107,14 +107,14 @@ func (s *Store) DeleteUser(actor, tenant, id string) error {
 		if err != nil {
 			return err
 		}
-		if err := s.revokeInto(&b, rec, h, actor, now, map[string]any{"reason": "user deleted", "user": id}); err != nil {
+		if err := s.revokeInto(c, rec, h, actor, now, map[string]any{"reason": "user deleted", "user": id}); err != nil {
 			return err
 		}
 		keys = append(keys, rec.ID)
 	}
-	b.Delete(k(pUser+tenant, id))
-	s.event(&b, now, tenant, "user.deleted", actor, "", map[string]any{"user": id, "tokens_revoked": tokens, "keys_revoked": keys})
-	return s.apply(&b)
+	c.b.Delete(k(pUser+tenant, id))
+	s.event(&c.b, now, tenant, "user.deleted", actor, "", map[string]any{"user": id, "tokens_revoked": tokens, "keys_revoked": keys})
+	return s.commit(c)
 }
 
 // TokenInput creates a user token.
@@ -149,12 +149,12 @@ func (s *Store) CreateToken(actor, tenant, user string, in TokenInput) (*Token, 
 		e := in.ExpiresAt.UTC()
 		t.ExpiresAt = &e
 	}
-	var b Batch
-	b.Set(k(pToken+t.ID), mustJSON(t))
-	b.Set(hashKey(pTokenHash, t.Hash), []byte(t.ID))
-	b.Set(k(pTokenUser+tenant, user, t.ID), nil)
-	s.event(&b, now, tenant, "token.created", actor, "", map[string]any{"user": user, "token_id": t.ID, "name": in.Name})
-	if err := s.apply(&b); err != nil {
+	c := newCommit()
+	c.b.Set(k(pToken+t.ID), mustJSON(t))
+	c.b.Set(hashKey(pTokenHash, t.Hash), []byte(t.ID))
+	c.b.Set(k(pTokenUser+tenant, user, t.ID), nil)
+	s.event(&c.b, now, tenant, "token.created", actor, "", map[string]any{"user": user, "token_id": t.ID, "name": in.Name})
+	if err := s.commit(c); err != nil {
 		return nil, "", err
 	}
 	out := t.Token
@@ -230,10 +230,10 @@ func (s *Store) RevokeToken(actor, tenant, user, id string) error {
 	}
 	now := s.now().UTC()
 	t.RevokedAt = &now
-	var b Batch
-	b.Set(k(pToken+id), mustJSON(t))
-	s.event(&b, now, tenant, "token.revoked", actor, "", map[string]any{"user": user, "token_id": id})
-	return s.apply(&b)
+	c := newCommit()
+	c.b.Set(k(pToken+id), mustJSON(t))
+	s.event(&c.b, now, tenant, "token.revoked", actor, "", map[string]any{"user": user, "token_id": id})
+	return s.commit(c)
 }
 
 var errBadToken = &Error{Kind: KindUnauthorized, Code: "unauthorized", Message: "invalid or expired token"}

@@ -108,7 +108,7 @@ func (a *Allowlist) Contains(ip netip.Addr) bool {
 // (PITFALLS 13, 14): every entry records the generation of its hash's stripe
 // read BEFORE the store read that produced it, and every committed write to a
 // hash bumps that stripe's generation AFTER the commit and before the writer
-// returns. A fill that raced a write therefore carries an old generation and
+// returns (Store.commit; commit.go states the whole guarantee). A fill that raced a write therefore carries an old generation and
 // is ignored on hit; a fill whose generation is current read after the write.
 type verifyCache struct {
 	pos  *ristretto.Cache[uint64, *KeyView]
@@ -144,14 +144,19 @@ func newVerifyCache(entries, negEntries int64, ttl time.Duration) (*verifyCache,
 	return &verifyCache{pos: pos, neg: neg, ttl: ttl}, nil
 }
 
+// stripeOf is the store's one striping function: the generation stripe of
+// a secret, and (its low bits) the guard stripe that keeps Close out while
+// the caches are used for it. Its hash is uniform, so any of its bits do.
+func stripeOf(h SecretHash) uint32 { return uint32(h.cacheKey() % genStripes) }
+
 func (c *verifyCache) gen(h SecretHash) *atomic.Uint64 {
-	return &c.gens[h.cacheKey()%genStripes]
+	return &c.gens[stripeOf(h)]
 }
 
-// invalidate runs after a write to h has committed. Bumping the generation
-// is what makes it correct; the deletes only free the entries early. Once
-// the store is closing the caches are left alone (ristretto must not be used
-// while it closes).
+// invalidate runs after a write to h has committed (commit.go). Bumping the
+// generation is what makes it correct; the deletes only free the entries
+// early. Once the store is closing the caches are left alone (ristretto
+// must not be used while it closes).
 func (s *Store) invalidate(h SecretHash) {
 	c := s.vcache
 	c.gen(h).Add(1)
@@ -177,7 +182,7 @@ type guardStripe struct {
 }
 
 func (s *Store) guard(h SecretHash) *guardStripe {
-	return &s.guards[h[31]%guardStripes]
+	return &s.guards[stripeOf(h)%guardStripes] // genStripes is a multiple of guardStripes
 }
 
 // drainGuards waits for every Verify that saw the store open to finish.
