@@ -235,7 +235,7 @@ func (s *shared) open() (*store.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open api key store at %s: %w", s.opts.Dir, err)
 	}
-	s.unsubscribe = st.Subscribe(s.streams.invalidate)
+	s.unsubscribe = st.Subscribe(func(inv store.Invalidation) { s.streams.invalidate(st, inv) })
 	s.st = st
 	close(s.ready)
 	return st, nil

@@ -92,6 +92,7 @@ type liveReq struct {
 	prev, next *liveReq
 	hash       store.SecretHash
 	tenant     string
+	view       *store.KeyView  // what admitted it (re-checked after Invalidation.All)
 	until      time.Time       // zero: no deadline
 	untilCode  string          // rejection code once until has passed
 	ctx        context.Context // HTTP/1.x: the request's, whose ConnCtxKey value is closed to end it
@@ -150,6 +151,7 @@ func (s *streamRegistry) join(view *store.KeyView, ctx context.Context, full *tr
 	e := s.pool.Get().(*liveReq)
 	e.hash = view.SecretHash()
 	e.tenant = view.Tenant
+	e.view = view
 	e.ctx, e.full = ctx, full
 	sh := s.shard(e.hash)
 	sh.mu.Lock()
@@ -240,7 +242,11 @@ func registerConnContext(srv *caddyhttp.Server) {
 //
 // Each shard is scanned once whatever the number of secrets (a bulk revoke
 // names up to a thousand), under its own lock only.
-func (s *streamRegistry) invalidate(inv store.Invalidation) {
+func (s *streamRegistry) invalidate(st *store.Store, inv store.Invalidation) {
+	if inv.All {
+		s.recheckAll(st)
+		return
+	}
 	now := s.now()
 	var ends [streamShards]map[store.SecretHash]store.SecretEnd
 	for _, se := range inv.Secrets {
@@ -274,6 +280,66 @@ func (s *streamRegistry) invalidate(inv store.Invalidation) {
 				e.until, e.untilCode = se.At, se.Code
 				if wake.IsZero() || se.At.Before(wake) {
 					wake = se.At
+				}
+			}
+		}
+		sh.mu.Unlock()
+	}
+	if !wake.IsZero() {
+		s.armExpiry(wake)
+	}
+}
+
+// recheckAll asks the store again about every live request: the store lost
+// track of what changed (store.Invalidation.All, e.g. a watch that had to
+// start over) and dropped every cached verification, so AdmitsUntil reads
+// the committed records. Store reads may block, so they happen outside the
+// shard locks; a request that left meanwhile (its entry possibly reused by
+// another request, which has another context) is left alone.
+func (s *streamRegistry) recheckAll(st *store.Store) {
+	type verdict struct {
+		until time.Time
+		code  string
+		ok    bool
+	}
+	type live struct {
+		e    *liveReq
+		ctx  context.Context
+		view *store.KeyView
+	}
+	now := s.now()
+	verdicts := map[*store.KeyView]verdict{}
+	var wake time.Time
+	for i := range s.shards {
+		sh := &s.shards[i]
+		var reqs []live
+		sh.mu.Lock()
+		for e := sh.head.next; e != &sh.head; e = e.next {
+			if !e.ended {
+				reqs = append(reqs, live{e, e.ctx, e.view})
+			}
+		}
+		sh.mu.Unlock()
+		if len(reqs) == 0 {
+			continue
+		}
+		for _, r := range reqs {
+			if _, done := verdicts[r.view]; !done {
+				until, code, ok := st.AdmitsUntil(r.view, now)
+				verdicts[r.view] = verdict{until, code, ok}
+			}
+		}
+		sh.mu.Lock()
+		for _, r := range reqs {
+			e, v := r.e, verdicts[r.view]
+			switch {
+			case e.ctx != r.ctx || e.ended:
+			case !v.ok:
+				endLocked(e, v.code)
+			case !v.until.IsZero() && (e.until.IsZero() || v.until.Before(e.until)):
+				e.until, e.untilCode = v.until, v.code
+				if wake.IsZero() || v.until.Before(wake) {
+					wake = v.until
 				}
 			}
 		}

@@ -935,3 +935,72 @@ func TestStreamsBulkRevoke(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamsRecheckAll: when the store loses track of what changed
+// (Invalidation.All after ReloadAll, as when a watch has to start over),
+// every live request is asked about again: one whose key was revoked
+// meanwhile ends, another key's request goes on.
+func TestStreamsRecheckAll(t *testing.T) {
+	opts := store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Decorate: decorate}
+	sh := newShared(opts)
+	st, err := sh.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Destruct()
+	enable(t, st, store.DefaultTenant)
+	type stream struct {
+		key   *store.Key
+		ended chan struct{}
+	}
+	start := func() stream {
+		k, sec := newKey(t, st, store.DefaultTenant, store.KeyInput{})
+		view, verdict, err := st.Verify(store.DefaultTenant, sec, time.Now())
+		if err != nil || verdict != store.VerdictValid {
+			t.Fatal(verdict, err)
+		}
+		s := stream{key: k, ended: make(chan struct{})}
+		running := make(chan struct{})
+		r := httptest.NewRequest("GET", "/events", nil)
+		r.ProtoMajor = 2 // ended by cancelling its stream
+		go func() {
+			defer close(s.ended)
+			defer func() { _ = recover() }() // http.ErrAbortHandler: the stream is reset
+			_ = sh.streams.serve(httptest.NewRecorder(), r, caddyhttpHandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				close(running)
+				<-r.Context().Done()
+				return nil
+			}), st, view)
+		}()
+		<-running
+		return s
+	}
+	a, b := start(), start()
+
+	// Revoke a while nobody listens, as if the notification were lost.
+	sh.unsubscribe()
+	if _, err := st.RevokeKey("test", store.DefaultTenant, a.key.ID); err != nil {
+		t.Fatal(err)
+	}
+	sh.unsubscribe = st.Subscribe(func(inv store.Invalidation) { sh.streams.invalidate(st, inv) })
+	select {
+	case <-a.ended:
+		t.Fatal("ended without a notification")
+	case <-time.After(50 * time.Millisecond):
+	}
+	st.ReloadAll()
+	select {
+	case <-a.ended:
+	case <-time.After(time.Second):
+		t.Fatal("the revoked key's stream still runs 1 s after ReloadAll")
+	}
+	select {
+	case <-b.ended:
+		t.Fatal("another key's stream ended")
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+type caddyhttpHandlerFunc func(http.ResponseWriter, *http.Request) error
+
+func (f caddyhttpHandlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
