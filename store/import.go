@@ -97,9 +97,9 @@ func ImportedHint(secret string) string {
 	return secret[:n] + "…" + secret[len(secret)-n:]
 }
 
-// HasImportedKeys reports whether keys were ever imported into the tenant
-// (only then does the gateway look up secrets of a foreign format). It
-// reads memory only.
+// HasImportedKeys reports whether keys with secrets of a foreign format
+// were ever imported into the tenant (only then does the gateway look up
+// secrets that are not of the native layout). It reads memory only.
 func (s *Store) HasImportedKeys(tenant string) bool {
 	return s.hot.Load().imported[tenant]
 }
@@ -153,6 +153,7 @@ func (s *Store) ImportKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 	active := map[string]int{}                    // owner → active keys, this call's included
 	groups := map[string]bool{}                   // group → exists
 	imported := 0
+	foreign := false // an imported secret is not of the native layout
 	fail := func(i int, msg string) { results[i].Error = &msg }
 	for i := range inputs {
 		in := &inputs[i]
@@ -214,14 +215,16 @@ func (s *Store) ImportKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 		s.event(&b, now, tenant, "key.imported", actor, id, map[string]any{"name": rec.Name, "owner": owner, "group": rec.Group, "expires_at": exp})
 		results[i].ID = &id
 		imported++
+		foreign = foreign || !WellFormed(KeyPrefix, in.Secret)
 	}
 	if imported == 0 {
 		return results, 0, nil
 	}
-	if !trec.ImportedKeys {
+	if foreign && !trec.ImportedKeys {
 		// The flag that turns on the gateway's lookup of foreign secrets:
-		// committed with the keys, so no imported key is ever stored
-		// without it. Writing the tenant record reloads the hot state.
+		// committed with the keys, so no such key is ever stored without
+		// it. Writing the tenant record reloads the hot state. Secrets of
+		// the native layout are found without it.
 		rec := *trec
 		rec.ImportedKeys = true
 		b.Set(k(pTenant+tenant), mustJSON(&rec))

@@ -354,3 +354,20 @@ func TestImportedKeyLifecycle(t *testing.T) {
 		t.Fatal("a settings change cleared the flag")
 	}
 }
+
+// Importing secrets of the native layout (moving from another keygate)
+// does not turn on the lookup of foreign secrets: they are found as native
+// keys are, and garbage on that tenant is still rejected before any lookup.
+func TestImportNativeSecretsKeepFastReject(t *testing.T) {
+	clk := newClock()
+	s := memStore(t, clk)
+	enable(t, s, DefaultTenant)
+	native := NewSecret(KeyPrefix)
+	importOne(t, s, DefaultTenant, ImportInput{KeyInput: KeyInput{Name: "from keygate"}, Owner: "alice", Secret: native})
+	if s.HasImportedKeys(DefaultTenant) {
+		t.Fatal("a native-format import turned on the foreign lookup")
+	}
+	if v := verdict(t, s, DefaultTenant, native, clk.Now()); v != VerdictValid {
+		t.Fatalf("imported native secret: %s", vname(v))
+	}
+}
