@@ -90,7 +90,7 @@ func importKeys(ctx context.Context, cfg Config, bin, dir, storeDir, upstream st
 	}
 	secrets := make([]string, 0, n)
 	batch := make([]entry, 0, cfg.ImportChunk)
-	cpu0, t0 := procCPU(kg.pid()), time.Now()
+	cpu0, self0, t0 := procCPU(kg.pid()), procCPU(os.Getpid()), time.Now()
 	for len(secrets) < n {
 		batch = batch[:0]
 		for i := len(secrets); i < n && len(batch) < cfg.ImportChunk; i++ {
@@ -123,6 +123,8 @@ func importKeys(ctx context.Context, cfg Config, bin, dir, storeDir, upstream st
 		}
 	}
 	took, cpu := time.Since(t0), procCPU(kg.pid())-cpu0
+	cfg.Logf("import: %d calls in %.1fs; keygate cpu %.1fs, this process (secrets, JSON) cpu %.1fs; load average %s",
+		(n+cfg.ImportChunk-1)/cfg.ImportChunk, took.Seconds(), cpu.Seconds(), (procCPU(os.Getpid()) - self0).Seconds(), loadAvg())
 	if prof != nil {
 		if err := <-prof; err != nil {
 			cfg.Logf("import profile: %v", err)
