@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -262,7 +264,7 @@ func runImport(in *invocation, br *bufio.Reader, format string, batch int) error
 				line = lines[r.Index]
 			}
 			if !in.conn.json {
-				fmt.Fprintf(errOut, "line %d: %s\n", line, *r.Error)
+				fmt.Fprintf(errOut, "line %d: %s\n", line, entryToLine(*r.Error, lines))
 			}
 		}
 		entries, lines, size = entries[:0], lines[:0], 0
@@ -306,4 +308,20 @@ func runImport(in *invocation, br *bufio.Reader, format string, batch int) error
 		return fmt.Errorf("%d of %d keys were not imported (see above)", skipped, total)
 	}
 	return nil
+}
+
+// sameAsEntry is how the API names the earlier entry of a call that had
+// the same secret.
+var sameAsEntry = regexp.MustCompile(`the same as entry (\d+)'s`)
+
+// entryToLine turns the API's "the same as entry 3's" (an index in the
+// call) into "the same as line 17's" (a line of the file).
+func entryToLine(msg string, lines []int) string {
+	return sameAsEntry.ReplaceAllStringFunc(msg, func(m string) string {
+		i, err := strconv.Atoi(sameAsEntry.FindStringSubmatch(m)[1])
+		if err != nil || i < 0 || i >= len(lines) {
+			return m
+		}
+		return fmt.Sprintf("the same as line %d's", lines[i])
+	})
 }

@@ -59,7 +59,7 @@ func TestKeysImportJSONL(t *testing.T) {
 	if !strings.Contains(r.stdout, "Imported 7 of 9 keys in 3 calls; 2 skipped.") {
 		t.Fatalf("summary: %s", r.stdout)
 	}
-	if !strings.Contains(r.stderr, "line 4: secret: the same as entry 0") || !strings.Contains(r.stderr, "line 5: validation failed: secret:") {
+	if !strings.Contains(r.stderr, "line 4: secret: the same as line 1's") || !strings.Contains(r.stderr, "line 5: validation failed: secret:") {
 		t.Fatalf("per-entry errors: %s", r.stderr)
 	}
 	if strings.Contains(r.stdout+r.stderr, "short-secret") || strings.Contains(r.stdout+r.stderr, "3f2b8c1e-7d4a") {
