@@ -340,6 +340,19 @@ func TestImportedKeyLifecycle(t *testing.T) {
 	if v := verdict(t, s, DefaultTenant, fresh, clk.Now()); v != VerdictValid {
 		t.Fatalf("the rotated key's new secret: %s", vname(v))
 	}
+	// Rotating with a grace period keeps the imported secret working
+	// until the grace ends, then only the new one.
+	idGrace := importOne(t, s, DefaultTenant, ImportInput{KeyInput: KeyInput{Name: "graceful"}, Owner: "alice", Secret: "grace-secret-000000001"})
+	_, fresh2, err := s.RotateKey("op", DefaultTenant, idGrace, RotateInput{GracePeriod: dur(time.Hour)})
+	mustNil(t, err)
+	for _, sec := range []string{"grace-secret-000000001", fresh2} {
+		if v := verdict(t, s, DefaultTenant, sec, clk.Now()); v != VerdictValid {
+			t.Fatalf("in the grace period: %s", vname(v))
+		}
+	}
+	if v := verdict(t, s, DefaultTenant, "grace-secret-000000001", clk.Advance(2*time.Hour)); v != VerdictInvalid {
+		t.Fatalf("after the grace period: %s", vname(v))
+	}
 	// The flag is stored: a reopened store still looks imported secrets up.
 	importOne(t, s, DefaultTenant, ImportInput{KeyInput: KeyInput{Name: "kept"}, Owner: "bob", Secret: kongSecret})
 	mustNil(t, s.Close())
