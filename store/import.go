@@ -101,7 +101,9 @@ func ImportedHint(secret string) string {
 // were ever imported into the tenant (only then does the gateway look up
 // secrets that are not of the native layout). It reads memory only.
 func (s *Store) HasImportedKeys(tenant string) bool {
-	return s.hot.Load().imported[tenant]
+	imported := s.hot.Load().imported
+	// len first: without any such tenant, not even the map lookup's hash.
+	return len(imported) > 0 && imported[tenant]
 }
 
 // ImportKeys stores keys moved from another gateway with the secrets they
