@@ -69,6 +69,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"DELETE", "/v1/tenants/acme/keys?owner=dev", nil, allowed(ok, no, ok, nf, ok)},
 		{"DELETE", "/v1/tenants/acme/keys?owner=me", nil, allowed(ok, ok, ok, nf, bad)},
 		{"POST", "/v1/tenants/acme/keys/revoke", map[string]any{"ids": []string{"{key}"}}, allowed(no, no, ok, nf, ok)},
+		{"POST", "/v1/tenants/acme/keys/import", map[string]any{"keys": []map[string]any{{"name": "moved key", "owner": "dev", "secret": "3f2b8c1e-7d4a-4e9b-9c2f-1a5e6d7c8b9a"}}}, allowed(no, no, ok, nf, ok)},
 		{"GET", "/v1/tenants/acme/keys/{key}", nil, allowed(ok, nf, ok, nf, ok)},
 		{"PATCH", "/v1/tenants/acme/keys/{key}", map[string]any{"name": "renamed"}, allowed(ok, nf, ok, nf, ok)},
 		{"PATCH", "/v1/tenants/acme/keys/{key}", map[string]any{"description": "d", "ip_allowlist": []string{"10.0.0.0/8"}}, allowed(ok, nf, ok, nf, ok)},

@@ -87,12 +87,17 @@ func errBadRequest(msg string) error {
 }
 
 var (
-	errNoRoute  = &apiError{Status: http.StatusNotFound, Code: codeNotFound, Message: "no such API path"}
-	errTooLarge = &apiError{Status: http.StatusRequestEntityTooLarge, Code: codeTooLarge,
-		Message: fmt.Sprintf("the request body exceeds %d bytes", maxBodyBytes)}
+	errNoRoute     = &apiError{Status: http.StatusNotFound, Code: codeNotFound, Message: "no such API path"}
+	errTooLarge    = errBodyTooLarge(maxBodyBytes)
 	errUnavailable = &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable,
 		Message: "the key store is unavailable; try again later"}
 )
+
+// errBodyTooLarge is the 413 of a body over limit bytes.
+func errBodyTooLarge(limit int64) *apiError {
+	return &apiError{Status: http.StatusRequestEntityTooLarge, Code: codeTooLarge,
+		Message: fmt.Sprintf("the request body exceeds %d bytes", limit)}
+}
 
 func errMethodNotAllowed(method string) error {
 	return &apiError{Status: http.StatusMethodNotAllowed, Code: codeMethodNotAllowed,

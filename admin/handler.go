@@ -119,6 +119,7 @@ func (h *Handler) routes() {
 	h.handle("GET /v1/tenants/{tenant}/keys", h.listKeys)
 	h.handle("DELETE /v1/tenants/{tenant}/keys", h.deleteOwnerKeys)
 	h.handle("POST /v1/tenants/{tenant}/keys/revoke", h.revokeKeys)
+	h.handle("POST /v1/tenants/{tenant}/keys/import", h.importKeys)
 	h.handle("GET /v1/tenants/{tenant}/keys/{key}", h.getKey)
 	h.handle("PATCH /v1/tenants/{tenant}/keys/{key}", h.updateKey)
 	h.handle("DELETE /v1/tenants/{tenant}/keys/{key}", h.deleteKey)

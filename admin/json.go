@@ -51,14 +51,23 @@ var strictJSON = json.RejectUnknownMembers(true)
 // type mismatches and malformed JSON are 400s naming the field where there
 // is one; an oversized body is 413. An empty body decodes as {}.
 func decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
+	return decodeBodyLimit(w, r, dst, maxBodyBytes)
+}
+
+// decodeBodyLimit is decodeBody with another size limit (the import
+// endpoint's).
+func decodeBodyLimit(w http.ResponseWriter, r *http.Request, dst any, limit int64) error {
 	if r.Body == nil {
 		return nil
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return errTooLarge
+			if limit == maxBodyBytes {
+				return errTooLarge
+			}
+			return errBodyTooLarge(limit)
 		}
 		return errBadRequest("could not read the request body")
 	}

@@ -197,7 +197,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if secret == "" {
 		return h.deny(w, r, outcomeMissingKey, denial{})
 	}
-	if len(secret) > store.MaxSecretLen {
+	if len(secret) > store.MaxPresentedSecretLen {
 		return h.deny(w, r, outcomeInvalidKey, denial{})
 	}
 	st, err := h.shared.store()

@@ -125,6 +125,9 @@ type tenantRecord struct {
 	Settings  Settings  `json:"settings"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// ImportedKeys is set by the first import into the tenant and never
+	// cleared: the gateway then looks up secrets of a foreign format.
+	ImportedKeys bool `json:"imported_keys,omitempty"`
 }
 
 // User is a person (or robot) of a tenant with roles.

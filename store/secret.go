@@ -24,7 +24,8 @@ const (
 	base62      = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
 
-// MaxSecretLen bounds what the gateway will even look at.
+// MaxSecretLen is the length of the longest native secret (an admin
+// token's); imported key secrets may be longer (MaxPresentedSecretLen).
 const MaxSecretLen = len(TokenPrefix) + 1 + randomLen + 1 + checksumLen
 
 // NewSecret returns a fresh secret with the given prefix.

@@ -286,14 +286,15 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 // hotState is what the gateway needs about tenants and groups on every
 // request, kept in memory (there are few of them) and replaced whole on change.
 type hotState struct {
-	enabled map[string]bool // tenant → api keys enabled
-	groups  map[groupKey]*GroupView
+	enabled  map[string]bool // tenant → api keys enabled
+	imported map[string]bool // tenant → has imported keys (import.go)
+	groups   map[groupKey]*GroupView
 }
 
 func (s *Store) reloadHot() error {
 	s.hmu.Lock()
 	defer s.hmu.Unlock()
-	st := &hotState{enabled: map[string]bool{}, groups: map[groupKey]*GroupView{}}
+	st := &hotState{enabled: map[string]bool{}, imported: map[string]bool{}, groups: map[groupKey]*GroupView{}}
 	var decodeErr error
 	err := s.kv.Scan([]byte(pTenant), nil, func(_, v []byte) bool {
 		var r tenantRecord
@@ -301,6 +302,9 @@ func (s *Store) reloadHot() error {
 			return false
 		}
 		st.enabled[r.ID] = r.Settings.APIKeysEnabled
+		if r.ImportedKeys {
+			st.imported[r.ID] = true
+		}
 		return true
 	})
 	if err == nil {

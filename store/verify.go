@@ -221,14 +221,23 @@ func (s *Store) CacheMetrics() (hits, misses uint64) {
 }
 
 // Verify checks a presented secret for the tenant. It rejects malformed
-// secrets before any lookup, answers from the cache when it can, and reads
+// secrets before any lookup (for a tenant with imported keys: secrets that
+// can be no key's, see import.go), answers from the cache when it can, and reads
 // the store at most once on a miss. The error is non-nil only when the store
 // failed: the caller must fail closed.
 func (s *Store) Verify(tenant, secret string, now time.Time) (*KeyView, Verdict, error) {
-	if !WellFormed(KeyPrefix, secret) {
-		return nil, VerdictInvalid, nil
+	var h SecretHash
+	if WellFormed(KeyPrefix, secret) {
+		h = s.hasher.hash(secret)
+	} else {
+		// A secret of a foreign format is looked up only for a tenant
+		// with imported keys (import.go); for every other tenant it is
+		// turned away here, before any hashing or cache.
+		if !s.HasImportedKeys(tenant) || !importableSecret(secret) {
+			return nil, VerdictInvalid, nil
+		}
+		h = s.hasher.hashImported(tenant, secret)
 	}
-	h := s.hasher.hash(secret)
 	g := s.guard(h)
 	g.RLock()
 	if s.closed.Load() {

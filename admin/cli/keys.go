@@ -41,7 +41,7 @@ type keyWithSecret struct {
 
 func keysCommand() *cobra.Command {
 	cmd, conn := topCommand("keys", "Manage API keys (admin REST API)",
-		"Create, list, show, edit, rotate, revoke and delete the API keys of a tenant through the admin REST API.\n"+
+		"Create, list, show, edit, rotate, revoke, delete and import the API keys of a tenant through the admin REST API.\n"+
 			"The token comes from KEYGATE_TOKEN; the API from --url or KEYGATE_URL (default "+DefaultURL+").")
 	cmd.AddCommand(
 		keysListCommand(conn),
@@ -51,6 +51,7 @@ func keysCommand() *cobra.Command {
 		keysRotateCommand(conn),
 		keysRevokeCommand(conn),
 		keysDeleteCommand(conn),
+		keysImportCommand(conn),
 	)
 	return cmd
 }

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,7 +34,7 @@ type Config struct {
 	Conns       int           // concurrent connections (one worker each)
 	Duration    time.Duration // of each timed run
 	Warmup      time.Duration // untimed A and B run before each scenario
-	Rounds      int           // A,B pairs per scenario
+	Rounds      int           // A,B pairs per scenario, run in A B B A order
 	ZipfS       float64       // Zipf exponent (> 1)
 	Seed        uint64        // of the key pickers
 	IdleConns   int           // reverse_proxy keepalive_idle_conns_per_host for both sites (0: Caddy's default)
@@ -45,8 +44,8 @@ type Config struct {
 	WorkDir     string        // temporary files (default: os.TempDir())
 	Keep        bool          // keep the temporary directory
 	Logf        func(format string, args ...any)
-	ImportChunk int    // keys per CreateKeys call (≤ max_keys_per_user = 1000)
-	ImportProf  string // when set, a CPU profile of the (first) import is written here
+	ImportChunk int    // keys per call of the import endpoint (≤ 10,000)
+	ImportProf  string // when set, a CPU profile of keygate during the (first) import is written here
 }
 
 // Scenario names.
@@ -73,6 +72,7 @@ type Instance struct {
 	Cache            int64    `json:"cache"`
 	ImportSeconds    float64  `json:"import_seconds"`
 	ImportKeysPerSec float64  `json:"import_keys_per_sec"`
+	ImportCPUSeconds float64  `json:"import_keygate_cpu_seconds"` // keygate's CPU time over the import calls
 	StoreBytes       int64    `json:"store_bytes"`
 	StartSeconds     float64  `json:"start_seconds"`
 	IdleWaitSeconds  float64  `json:"idle_wait_seconds"`
@@ -163,8 +163,8 @@ func (c *Config) defaults() {
 	if c.Scenarios == nil {
 		c.Scenarios = []string{ScUniform, ScZipf, ScGarbage, ScMalformed}
 	}
-	if c.ImportChunk <= 0 || c.ImportChunk > store.MaxKeysPerUserMax {
-		c.ImportChunk = store.MaxKeysPerUserMax
+	if c.ImportChunk <= 0 || c.ImportChunk > store.MaxImport {
+		c.ImportChunk = store.MaxImport
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
@@ -240,32 +240,22 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, client *http.Client, inst *Instance, scenarios []string) error {
 	storeDir := filepath.Join(dir, "store")
-	cfg.Logf("[%s] importing %d keys into %s", inst.Name, inst.Keys, storeDir)
-	if cfg.ImportProf != "" {
-		f, err := os.Create(cfg.ImportProf)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		cfg.ImportProf = ""
-		defer f.Close()
-		defer pprof.StopCPUProfile()
-	}
-	secrets, took, err := importKeys(ctx, storeDir, inst.Keys, cfg.ImportChunk)
-	pprof.StopCPUProfile()
+	cfg.Logf("[%s] importing %d keys into %s through the import endpoint", inst.Name, inst.Keys, storeDir)
+	profile := cfg.ImportProf
+	cfg.ImportProf = ""
+	secrets, took, importCPU, err := importKeys(ctx, cfg, bin, dir, storeDir, upstream, inst.Keys, profile)
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
+	inst.ImportCPUSeconds = importCPU.Seconds()
 	inst.ImportSeconds = took.Seconds()
 	inst.ImportKeysPerSec = float64(inst.Keys) / took.Seconds()
 	inst.StoreBytes = dirSize(storeDir)
-	cfg.Logf("[%s] imported %d keys in %.1fs (%.0f keys/s), store %.1f MiB", inst.Name, inst.Keys, took.Seconds(),
-		inst.ImportKeysPerSec, float64(inst.StoreBytes)/(1<<20))
+	cfg.Logf("[%s] imported %d keys through the endpoint in %.1fs (%.0f keys/s, keygate cpu %.1fs), store %.1f MiB", inst.Name, inst.Keys, took.Seconds(),
+		inst.ImportKeysPerSec, inst.ImportCPUSeconds, float64(inst.StoreBytes)/(1<<20))
 
 	t0 := time.Now()
-	kg, err := startKeygate(ctx, cfg, bin, dir, storeDir, upstream, inst.Cache)
+	kg, err := startKeygate(ctx, cfg, bin, dir, storeDir, upstream, inst.Cache, startOptions{})
 	if err != nil {
 		return err
 	}
@@ -309,7 +299,7 @@ func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, cli
 			settle(ctx, kg.pid(), cfg.Flush)
 		}
 		for round := 1; round <= cfg.Rounds; round++ {
-			for _, side := range []string{"A", "B"} {
+			for _, side := range roundSides(round) {
 				url := kg.urlA
 				if side == "B" {
 					url = kg.urlB
@@ -372,46 +362,6 @@ func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, cli
 	return nil
 }
 
-// importKeys creates a store in dir with n keys in the default tenant (API
-// keys enabled), chunk keys per CreateKeys call, one owner per chunk, and
-// returns the secrets and how long the import took (open to close).
-func importKeys(ctx context.Context, dir string, n, chunk int) ([]string, time.Duration, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, 0, err
-	}
-	t0 := time.Now()
-	st, err := store.Open(store.Options{Dir: dir, FlushInterval: -1, CacheEntries: 1000, NegativeEntries: 1000})
-	if err != nil {
-		return nil, 0, err
-	}
-	defer st.Close()
-	if _, err := st.UpdateSettings("bench", store.DefaultTenant, store.SettingsPatch{
-		APIKeysEnabled: store.Some(true), MaxKeysPerUser: store.Some(store.MaxKeysPerUserMax),
-	}); err != nil {
-		return nil, 0, err
-	}
-	secrets := make([]string, 0, n)
-	inputs := make([]store.KeyInput, 0, chunk)
-	for owner := 0; len(secrets) < n; owner++ {
-		if err := ctx.Err(); err != nil {
-			return nil, 0, err
-		}
-		inputs = inputs[:0]
-		for i := len(secrets); i < n && len(inputs) < chunk; i++ {
-			inputs = append(inputs, store.KeyInput{Name: "bench key " + strconv.Itoa(i)})
-		}
-		_, sec, err := st.CreateKeys("bench", store.DefaultTenant, fmt.Sprintf("bench-user-%06d", owner), inputs)
-		if err != nil {
-			return nil, 0, err
-		}
-		secrets = append(secrets, sec...)
-	}
-	if err := st.Close(); err != nil {
-		return nil, 0, err
-	}
-	return secrets, time.Since(t0), nil
-}
-
 // ensureBinary returns the keygate binary, building it if it is missing.
 func ensureBinary(ctx context.Context, bin string, logf func(string, ...any)) (string, error) {
 	if bin == "" {
@@ -468,13 +418,16 @@ type keygate struct {
 	caddyfile  string
 	urlA, urlB string
 	admin      string // http://127.0.0.1:port when profiling
+	api        string // the admin REST API, http://127.0.0.1:port, for the import
 }
 
 func (k *keygate) pid() int { return k.cmd.Process.Pid }
 
 // caddyfile is the generated config: site A is reverse_proxy alone, site B
-// the identical reverse_proxy block behind api_key (PITFALLS 18).
-func caddyfile(dir, storeDir, upstream string, cache, blockCache int64, flush time.Duration, portA, portB, adminPort, idleConns int) string {
+// the identical reverse_proxy block behind api_key (PITFALLS 18). With
+// apiPort > 0 a third site serves the admin REST API (for the import), its
+// operator token taken from the environment.
+func caddyfile(dir, storeDir, upstream string, cache, blockCache int64, flush time.Duration, portA, portB, adminPort, idleConns, apiPort int) string {
 	admin := "admin off"
 	if adminPort > 0 {
 		admin = fmt.Sprintf("admin 127.0.0.1:%d", adminPort)
@@ -486,6 +439,17 @@ func caddyfile(dir, storeDir, upstream string, cache, blockCache int64, flush ti
 	proxy := "reverse_proxy " + upstream
 	if idleConns > 0 {
 		proxy += fmt.Sprintf(" {\n\t\ttransport http {\n\t\t\tkeepalive_idle_conns_per_host %d\n\t\t}\n\t}", idleConns)
+	}
+	apiSite := ""
+	if apiPort > 0 {
+		apiSite = fmt.Sprintf(`
+http://127.0.0.1:%d {
+	bind 127.0.0.1
+	api_key_admin {
+		operator_token {env.%s}
+	}
+}
+`, apiPort, operatorTokenEnv)
 	}
 	return fmt.Sprintf(`{
 	%s
@@ -512,29 +476,39 @@ http://127.0.0.1:%d {
 	api_key
 	%s
 }
-`, admin, filepath.Join(dir, "caddy"), storeDir, cache, flush, blockCacheLine, portA, proxy, portB, proxy)
+%s`, admin, filepath.Join(dir, "caddy"), storeDir, cache, flush, blockCacheLine, portA, proxy, portB, proxy, apiSite)
+}
+
+// startOptions are what the import's keygate has on top of the measured one.
+type startOptions struct {
+	operatorToken string // serve the admin REST API with this operator token
+	caddyAdmin    bool   // Caddy's admin endpoint on loopback (for /debug/pprof)
 }
 
 // startKeygate starts the binary on the store and waits until both sites
 // answer. Ports are picked free; a start that loses a port race is retried.
-func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream string, cache int64) (*keygate, error) {
+func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream string, cache int64, opt startOptions) (*keygate, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		ports, err := freePorts(3)
+		ports, err := freePorts(4)
 		if err != nil {
 			return nil, err
 		}
-		adminPort := 0
-		if cfg.ProfileDir != "" {
+		adminPort, apiPort := 0, 0
+		if cfg.ProfileDir != "" || opt.caddyAdmin {
 			adminPort = ports[2]
 		}
+		if opt.operatorToken != "" {
+			apiPort = ports[3]
+		}
 		cf := filepath.Join(dir, "Caddyfile")
-		text := caddyfile(dir, storeDir, upstream, cache, cfg.BlockCache, cfg.Flush, ports[0], ports[1], adminPort, cfg.IdleConns)
+		text := caddyfile(dir, storeDir, upstream, cache, cfg.BlockCache, cfg.Flush, ports[0], ports[1], adminPort, cfg.IdleConns, apiPort)
 		if err := os.WriteFile(cf, []byte(text), 0o600); err != nil {
 			return nil, err
 		}
 		cmd := exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
-		cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "xdg-data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "xdg-config"))
+		cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Join(dir, "xdg-data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "xdg-config"),
+			operatorTokenEnv+"="+opt.operatorToken)
 		log := &lockedWriter{}
 		cmd.Stdout, cmd.Stderr = log, log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the bench
@@ -545,6 +519,9 @@ func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream 
 			urlA: fmt.Sprintf("http://127.0.0.1:%d/", ports[0]), urlB: fmt.Sprintf("http://127.0.0.1:%d/", ports[1])}
 		if adminPort > 0 {
 			kg.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+		}
+		if apiPort > 0 {
+			kg.api = fmt.Sprintf("http://127.0.0.1:%d", apiPort)
 		}
 		go func() { _ = cmd.Wait(); close(kg.done) }()
 		if err := kg.waitReady(ctx, 60*time.Second); err != nil {
@@ -815,4 +792,14 @@ func tail(s string, n int) string {
 		return s
 	}
 	return "…" + s[len(s)-n:]
+}
+
+// roundSides is the order of the sides in a round: A B, then B A, … (A B B
+// A), so that a drift over the session (a compaction, a warming cache,
+// another process) weighs on both sides alike.
+func roundSides(round int) []string {
+	if round%2 == 0 {
+		return []string{"B", "A"}
+	}
+	return []string{"A", "B"}
 }

@@ -42,6 +42,16 @@ func TestKeyGenerators(t *testing.T) {
 	}
 }
 
+func TestRoundOrderABBA(t *testing.T) {
+	var order string
+	for round := 1; round <= 4; round++ {
+		order += strings.Join(roundSides(round), "")
+	}
+	if order != "ABBAABBA" {
+		t.Fatalf("rounds 1–4 run %s, want ABBAABBA", order)
+	}
+}
+
 func TestSummary(t *testing.T) {
 	runs := []RunResult{
 		{Round: 1, Side: "A", RPS: 100, P99us: 10},

@@ -1,10 +1,13 @@
 // Command keygate-bench is the load benchmark of the gateway against plain
 // Caddy: one keygate process serves site A (reverse_proxy alone) and site B
 // (api_key in front of the identical reverse_proxy block), both to a tiny
-// in-process upstream on loopback; it imports N keys into a fresh store with
-// store.CreateKeys, runs A,B,A,B,… with a fixed number of keep-alive
-// connections for a fixed time per run, and reports throughput, p50/p99
-// latency, the B/A ratios, import speed and keygate's RSS.
+// in-process upstream on loopback; it imports N keys into a fresh store
+// through keygate's own import endpoint (POST /v1/tenants/default/keys/import),
+// restarts keygate on it, runs rounds in A B B A order with a fixed number of
+// keep-alive connections for a fixed time per run, and reports throughput,
+// p50/p99 latency, the B/A ratios, keygate's own CPU time per request on
+// each side (from /proc; the load generator's is not counted), import speed
+// and keygate's RSS.
 //
 //	go run ./cmd/keygate-bench                 # 10k keys: uniform, zipf, garbage, malformed
 //	go run ./cmd/keygate-bench --big           # plus 1M keys with a 100k cache (miss path)
@@ -42,14 +45,15 @@ func main() {
 	flag.IntVar(&cfg.Conns, "conns", 50, "concurrent keep-alive connections")
 	flag.DurationVar(&cfg.Duration, "duration", 5*time.Second, "duration of each timed run")
 	flag.DurationVar(&cfg.Warmup, "warmup", time.Second, "untimed warm-up per side before each scenario")
-	flag.IntVar(&cfg.Rounds, "rounds", 3, "A,B rounds per scenario")
+	flag.IntVar(&cfg.Rounds, "rounds", 3, "A,B rounds per scenario (A B, then B A, …)")
 	flag.Float64Var(&cfg.ZipfS, "zipf-s", 1.1, "Zipf exponent s (> 1)")
 	flag.Uint64Var(&cfg.Seed, "seed", 1, "seed of the key pickers")
 	flag.IntVar(&cfg.IdleConns, "upstream-idle-conns", 0, "keepalive_idle_conns_per_host of both reverse_proxy blocks (0: Caddy's default)")
 	flag.DurationVar(&cfg.Flush, "flush-interval", 5*time.Second, "api_keys flush_interval; after each B run the bench waits this long (plus until keygate is idle) so the usage flush B caused is charged to B")
 	flag.StringVar(&cfg.KeygateLog, "keygate-log", "", "save keygate's output (e.g. GODEBUG=gctrace=1 lines) as <name>-<instance>.log")
 	flag.StringVar(&cfg.ProfileDir, "profile", "", "directory: run keygate with admin on loopback and save a CPU profile of one extra A and B run per scenario")
-	flag.StringVar(&cfg.ImportProf, "import-cpuprofile", "", "write a CPU profile of the first key import to this file")
+	flag.StringVar(&cfg.ImportProf, "import-cpuprofile", "", "write a CPU profile of keygate during the first key import to this file")
+	flag.IntVar(&cfg.ImportChunk, "import-chunk", 10_000, "keys per call of the import endpoint (1–10000)")
 	flag.StringVar(&cfg.WorkDir, "workdir", "", "parent of the temporary directory (default: the system's)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory (stores, Caddyfiles)")
 	flag.StringVar(&out, "out", "bench-results.md", "markdown results file")

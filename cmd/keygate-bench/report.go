@@ -177,8 +177,8 @@ func mib(kb int64) string { return fmt.Sprintf("%.1f MiB", float64(kb)/1024) }
 // SummaryTable is the per-scenario comparison (also printed to stdout).
 func SummaryTable(rep *Report) string {
 	var b strings.Builder
-	b.WriteString("| instance | keys | cache | scenario | A req/s | B req/s | **B/A req/s** | B/A per round | A p50 | B p50 | A p99 | B p99 | **B/A p99** | A cpu/req | B cpu/req |\n")
-	b.WriteString("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| instance | keys | cache | scenario | A req/s | B req/s | **B/A req/s** | B/A per round | A p50 | B p50 | A p99 | B p99 | **B/A p99** | A cpu/req | B cpu/req | B − A cpu/req |\n")
+	b.WriteString("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, inst := range rep.Instances {
 		for _, sc := range inst.Scenarios {
 			s := sc.Summary
@@ -186,10 +186,10 @@ func SummaryTable(rep *Report) string {
 			for _, r := range s.RoundRatiosRPS {
 				rr = append(rr, fmt.Sprintf("%.2f", r))
 			}
-			fmt.Fprintf(&b, "| %s | %d | %d | %s | %.0f | %.0f | **%.3f** | %s | %s | %s | %s | %s | **%.3f** | %.1f µs | %.1f µs |\n",
+			fmt.Fprintf(&b, "| %s | %d | %d | %s | %.0f | %.0f | **%.3f** | %s | %s | %s | %s | %s | **%.3f** | %.1f µs | %.1f µs | %+.1f µs |\n",
 				inst.Name, inst.Keys, inst.Cache, sc.Name, s.A.MedianRPS, s.B.MedianRPS, s.RatioRPS, strings.Join(rr, " "),
 				us(s.A.MedianP50us), us(s.B.MedianP50us), us(s.A.MedianP99us), us(s.B.MedianP99us), s.RatioP99,
-				s.A.MedianCPUus, s.B.MedianCPUus)
+				s.A.MedianCPUus, s.B.MedianCPUus, s.B.MedianCPUus-s.A.MedianCPUus)
 		}
 	}
 	return b.String()
@@ -208,11 +208,11 @@ func TargetTable(rep *Report) string {
 // InstanceTable has the import speed and memory of each keygate instance.
 func InstanceTable(rep *Report) string {
 	var b strings.Builder
-	b.WriteString("| instance | keys | cache | import | import keys/s | store on disk | keygate start | idle wait | RSS after runs | peak RSS |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| instance | keys | cache | import (endpoint) | import keys/s | keygate cpu in import | store on disk | keygate start | idle wait | RSS after runs | peak RSS |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, i := range rep.Instances {
-		fmt.Fprintf(&b, "| %s | %d | %d | %.2f s | %.0f | %.1f MiB | %.2f s | %.1f s | %s | %s |\n", i.Name, i.Keys, i.Cache,
-			i.ImportSeconds, i.ImportKeysPerSec, float64(i.StoreBytes)/(1<<20), i.StartSeconds, i.IdleWaitSeconds, mib(i.RSSKB), mib(i.HWMKB))
+		fmt.Fprintf(&b, "| %s | %d | %d | %.2f s | %.0f | %.1f s | %.1f MiB | %.2f s | %.1f s | %s | %s |\n", i.Name, i.Keys, i.Cache,
+			i.ImportSeconds, i.ImportKeysPerSec, i.ImportCPUSeconds, float64(i.StoreBytes)/(1<<20), i.StartSeconds, i.IdleWaitSeconds, mib(i.RSSKB), mib(i.HWMKB))
 	}
 	return b.String()
 }
@@ -238,7 +238,7 @@ func Markdown(rep *Report) string {
 	var b strings.Builder
 	c := rep.Config
 	b.WriteString("# keygate load benchmark\n\n")
-	b.WriteString("A = `reverse_proxy` alone, B = `api_key` + the identical `reverse_proxy` block, both sites in the same keygate process, measured alternately (A,B,A,B,…) in one session (PITFALLS 18). Ratios are B/A of the medians over rounds; ±5 % is noise on this machine.\n\n")
+	b.WriteString("A = `reverse_proxy` alone, B = `api_key` + the identical `reverse_proxy` block, both sites in the same keygate process, measured alternately in A B B A order (round 1 A then B, round 2 B then A, …) in one session (PITFALLS 18). Ratios are B/A of the medians over rounds; ±5 % is noise on this machine.\n\n")
 	fmt.Fprintf(&b, "- started %s, took %.0f s; %d CPUs, load average at start %s; %s\n", rep.Started.Format("2006-01-02 15:04:05Z"), rep.Seconds, rep.Host.CPUs, rep.Host.Load1, rep.Host.GoVersion)
 	fmt.Fprintf(&b, "- binary %s; upstream %s answering 200 with a %d-byte body\n", rep.Host.Binary, rep.Host.Upstream, rep.Host.BodyBytes)
 	fmt.Fprintf(&b, "- load: Go net/http client, HTTP/1.1 keep-alive, %d connections (one worker each, back to back), %d rounds × %s per side, %s warm-up per side and scenario; Zipf s=%.2f\n",
@@ -254,10 +254,10 @@ func Markdown(rep *Report) string {
 	fmt.Fprintf(&b, "- upstream keep-alive idle pool per host: %s (same on both sites); api_keys flush_interval %s, block_cache %s; profiling: %v\n", idle, c.Flush, blockCache, c.Profiling)
 	b.WriteString("- after each B run (and each warm-up) the bench waits one flush interval and until keygate is idle, so that the usage flush of the keys B used runs before the next A run instead of inside it; keygate's CPU per request is measured over run + that wait\n")
 	b.WriteString("- every run draws fresh random keys (no run replays an earlier run's sequence)\n")
-	fmt.Fprintf(&b, "- keys imported with store.CreateKeys, %d keys per call (one owner per call; max_keys_per_user is at most 1000)\n\n", c.ImportSize)
+	fmt.Fprintf(&b, "- keys imported through keygate's `POST /v1/tenants/default/keys/import` endpoint (admin API on loopback, then keygate restarted on the store), %d keys per call, one owner per 1000 keys (max_keys_per_user is at most 1000); the import time is the wall time of the calls\n\n", c.ImportSize)
 	b.WriteString("## Summary (medians over rounds)\n\n")
 	b.WriteString(SummaryTable(rep))
-	b.WriteString("\n`cpu/req` is keygate's own CPU time (user+system, /proc/<pid>/stat) per request, over the run and the wait after it: B − A is the gateway's cost per request, background flush included. It is less sensitive to the other load on the machine than req/s.\n\n")
+	b.WriteString("\n`cpu/req` is keygate's own CPU time (user+system, /proc/<pid>/stat of the keygate process only: the load generator runs in the bench process and is not counted) per request, over the run and the wait after it: B − A is the gateway's cost per request, background flush included. It is less sensitive to the other load on the machine than req/s.\n\n")
 	b.WriteString("## Targets and checks\n\n")
 	b.WriteString(TargetTable(rep))
 	b.WriteString("\n## Import and memory\n\n")
