@@ -331,7 +331,7 @@ func (s *Store) reloadAll() {
 		s.log.Errorf("reload tenants and groups: %v; API keys are treated as disabled until the next reload", err)
 		s.hmu.Lock()
 		old := s.hot.Load()
-		s.hot.Store(&hotState{enabled: map[string]bool{}, groups: old.groups})
+		s.hot.Store(&hotState{enabled: map[string]bool{}, imported: old.imported, groups: old.groups})
 		s.hmu.Unlock()
 	}
 	s.notify(&effects{all: true})
@@ -345,17 +345,26 @@ func (s *Store) reloadHotOf(tenants []string, groups []groupKey) {
 	s.hmu.Lock()
 	defer s.hmu.Unlock()
 	old := s.hot.Load()
-	st := &hotState{enabled: maps.Clone(old.enabled), groups: maps.Clone(old.groups)}
+	st := &hotState{enabled: maps.Clone(old.enabled), imported: maps.Clone(old.imported), groups: maps.Clone(old.groups)}
+	if st.imported == nil {
+		st.imported = map[string]bool{}
+	}
 	for _, t := range tenants {
 		var r tenantRecord
 		switch err := s.getJSON(k(pTenant+t), &r); {
 		case errors.Is(err, errKVNotFound):
 			delete(st.enabled, t)
+			delete(st.imported, t)
 		case err != nil:
 			s.log.Errorf("reload tenant %q: %v; its API keys are treated as disabled until its next change", t, err)
 			st.enabled[t] = false
 		default:
 			st.enabled[t] = r.Settings.APIKeysEnabled
+			if r.ImportedKeys {
+				st.imported[t] = true
+			} else {
+				delete(st.imported, t)
+			}
 		}
 	}
 	for _, g := range groups {

@@ -149,8 +149,9 @@ func (s *Store) ImportKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 		return nil, 0, err
 	}
 	results := make([]ImportResult, len(inputs))
-	var b Batch
-	b.ops = make([]batchOp, 0, len(inputs)*6+1)
+	c := newCommit()
+	c.b.ops = make([]batchOp, 0, len(inputs)*6+1)
+	c.fx.secrets = make([]SecretHash, 0, len(inputs))
 	seen := make(map[SecretHash]int, len(inputs)) // hash → first index
 	active := map[string]int{}                    // owner → active keys, this call's included
 	groups := map[string]bool{}                   // group → exists
@@ -213,8 +214,8 @@ func (s *Store) ImportKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 			ID: id, Tenant: tenant, Name: in.Name, Description: in.Description, Owner: owner,
 			Group: in.Group, IPAllowlist: allow, Hint: ImportedHint(in.Secret), CreatedAt: now, UpdatedAt: now, ExpiresAt: exp,
 		}
-		s.putKey(&b, rec, h)
-		s.event(&b, now, tenant, "key.imported", actor, id, map[string]any{"name": rec.Name, "owner": owner, "group": rec.Group, "expires_at": exp})
+		s.putKey(c, rec, h)
+		s.event(&c.b, now, tenant, "key.imported", actor, id, map[string]any{"name": rec.Name, "owner": owner, "group": rec.Group, "expires_at": exp})
 		results[i].ID = &id
 		imported++
 		foreign = foreign || !WellFormed(KeyPrefix, in.Secret)
@@ -229,12 +230,13 @@ func (s *Store) ImportKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 		// the native layout are found without it.
 		rec := *trec
 		rec.ImportedKeys = true
-		b.Set(k(pTenant+tenant), mustJSON(&rec))
+		c.b.Set(k(pTenant+tenant), mustJSON(&rec))
+		c.tenant(tenant)
 	}
-	if err := s.apply(&b); err != nil {
+	c.keyCount(tenant, imported)
+	if err := s.commit(c); err != nil {
 		return nil, 0, err
 	}
-	s.addKeyCount(tenant, imported)
 	return results, imported, nil
 }
 
