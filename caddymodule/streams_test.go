@@ -722,14 +722,7 @@ func (c *countingNext) ServeHTTP(http.ResponseWriter, *http.Request) error { c.n
 // verification and its tracking (when the invalidation could not find it)
 // is refused before it reaches the next handler.
 func TestStreamsRecheck(t *testing.T) {
-	opts := store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Decorate: decorate}
-	sh := newShared(opts)
-	st, err := sh.open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sh.Destruct()
-	enable(t, st, store.DefaultTenant)
+	sh, st := memShared(t)
 	for _, proto := range []int{1, 2} {
 		k, sec := newKey(t, st, store.DefaultTenant, store.KeyInput{})
 		view, verdict, err := st.Verify(store.DefaultTenant, sec, time.Now())
@@ -819,14 +812,7 @@ func (f nextFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { retu
 // (Without the recheck after joining, a request verified just before the
 // revoke and joined just after it would stay open.)
 func TestStreamsRevokeRace(t *testing.T) {
-	opts := store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Decorate: decorate}
-	sh := newShared(opts)
-	st, err := sh.open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sh.Destruct()
-	enable(t, st, store.DefaultTenant)
+	sh, st := memShared(t)
 	var stuck, served, refused atomic.Int32
 	for round := range 30 {
 		k, sec := newKey(t, st, store.DefaultTenant, store.KeyInput{})
@@ -877,14 +863,7 @@ func TestStreamsRevokeRace(t *testing.T) {
 // TestStreamsBulkRevoke: one bulk revoke ends the requests of every key it
 // names, and only those.
 func TestStreamsBulkRevoke(t *testing.T) {
-	opts := store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Decorate: decorate}
-	sh := newShared(opts)
-	st, err := sh.open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sh.Destruct()
-	enable(t, st, store.DefaultTenant)
+	sh, st := memShared(t)
 	const keys = 40
 	var ids []string
 	ended := make([]chan struct{}, keys)
@@ -941,14 +920,7 @@ func TestStreamsBulkRevoke(t *testing.T) {
 // every live request is asked about again: one whose key was revoked
 // meanwhile ends, another key's request goes on.
 func TestStreamsRecheckAll(t *testing.T) {
-	opts := store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Decorate: decorate}
-	sh := newShared(opts)
-	st, err := sh.open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sh.Destruct()
-	enable(t, st, store.DefaultTenant)
+	sh, st := memShared(t)
 	type stream struct {
 		key   *store.Key
 		ended chan struct{}
@@ -1004,3 +976,17 @@ func TestStreamsRecheckAll(t *testing.T) {
 type caddyhttpHandlerFunc func(http.ResponseWriter, *http.Request) error
 
 func (f caddyhttpHandlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
+
+// memShared is the app's shared state over an in-memory store, opened (no
+// Caddy running), with API keys enabled for the default tenant.
+func memShared(t testing.TB) (*shared, *store.Store) {
+	t.Helper()
+	sh := newShared(store.Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1, Decorate: decorate})
+	st, err := sh.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sh.Destruct() })
+	enable(t, st, store.DefaultTenant)
+	return sh, st
+}
