@@ -668,7 +668,7 @@ func (s *Store) deleteInto(b *Batch, rec *keyRecord, h SecretHash, actor string,
 	b.Delete(k(pKeyID + rec.ID))
 	b.Delete(k(pKeyTenant+rec.Tenant, rec.ID))
 	b.Delete(k(pKeyOwner+rec.Tenant, rec.Owner, rec.ID))
-	b.Delete(k(pKeyUsage + rec.ID))
+	s.deleteUsageInto(b, rec.ID)
 	s.event(b, now, rec.Tenant, "key.deleted", actor, rec.ID, map[string]any{"name": rec.Name, "owner": rec.Owner})
 }
 

@@ -82,8 +82,14 @@ type Options struct {
 	Dir string
 	// FS replaces the OS filesystem (tests use vfs.NewMem()).
 	FS vfs.FS
-	// KV replaces Pebble altogether; Dir and FS are then ignored.
+	// KV replaces Pebble altogether; Dir and FS are then ignored. OpenEtcd
+	// returns the KV of a cluster of nodes.
 	KV KV
+	// NodeID names this node when several share the KV (etcd): each writes
+	// its usage and last-used data under its own keys, and the usage
+	// endpoint sums the nodes. Empty (the default, a single node) writes
+	// them under the key's own usage record.
+	NodeID string
 	// Logger receives diagnostics; nil discards them.
 	Logger Logger
 	// BlockCache is Pebble's block cache in bytes (default 64 MiB).
@@ -133,6 +139,8 @@ type Store struct {
 	hasher hasher
 
 	decorate func(*KeyView) any
+	nodeID   string       // "": a single node (usagenodes.go)
+	resets   atomic.Int64 // watch resets (resync.go)
 
 	// wmu serialises domain writes: the read-validate-write of limits and
 	// state transitions must not interleave.
@@ -196,6 +204,9 @@ func Open(opts Options) (*Store, error) {
 	if opts.EventPruneInterval == 0 {
 		opts.EventPruneInterval = DefaultEventPruneInterval
 	}
+	if err := CheckNodeID(opts.NodeID); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	if opts.UsageBufferLimit <= 0 {
 		opts.UsageBufferLimit = defaultUsageBufferLimit
 	}
@@ -218,6 +229,7 @@ func Open(opts Options) (*Store, error) {
 		hasher:   newHasher(opts.Pepper),
 		decorate: opts.Decorate,
 		stop:     make(chan struct{}),
+		nodeID:   opts.NodeID,
 	}
 	s.retention = opts.EventRetention
 	vc, err := newVerifyCache(opts.CacheEntries, opts.NegativeEntries, opts.NegativeTTL)
@@ -235,6 +247,9 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	kv.Watch(s.onChange)
+	if r, ok := kv.(watchResetter); ok {
+		r.WatchReset(s.onReset)
+	}
 	if opts.FlushInterval > 0 {
 		s.flushDone = make(chan struct{})
 		go s.flushLoop(opts.FlushInterval)

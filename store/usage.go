@@ -338,6 +338,7 @@ func (s *Store) flush(final bool) error {
 	now := s.now().UTC()
 	fresh := map[string]deniedReport{}
 	var b Batch
+	usageOps := make([]string, 0, len(deltas)) // the key id of each of b's first ops
 	for id, d := range deltas {
 		var rec usageRecord
 		if d.used {
@@ -360,7 +361,8 @@ func (s *Store) flush(final bool) error {
 			}
 		}
 		rec.Minutes = mergeMinutes(nil, d.minutes, now)
-		b.Merge(k(pKeyUsage+id), encodeUsage(&rec))
+		b.Merge(s.usageKey(id), encodeUsage(&rec))
+		usageOps = append(usageOps, id)
 		if denied != ([numOutcomes]uint64{}) {
 			fresh[id] = deniedReport{id: id, tenant: d.tenant, counts: denied}
 		}
@@ -376,12 +378,9 @@ func (s *Store) flush(final bool) error {
 		return nil
 	}
 	start := time.Now()
-	if err := s.kv.Apply(&b, true); err != nil {
-		s.flushes.failures.Add(1)
-		s.usage.restore(deltas, now) // the next flush retries them
-		return fmt.Errorf("flush usage (kept for the next flush): %w", err)
+	if err := s.applyFlush(&b, usageOps, plan, deltas, now); err != nil {
+		return err
 	}
-	s.denied.commit(plan, now)
 	s.flushObserved(time.Since(start))
 	return nil
 }
@@ -396,13 +395,29 @@ func outcomeMap(c [numOutcomes]uint64) map[string]any {
 	return m
 }
 
+// usageRecord reads a key's usage: its own record (a single node's, or one
+// copied from one) merged with every node's (usagenodes.go); nil when there
+// is none.
 func (s *Store) usageRecord(id string) (*usageRecord, error) {
 	raw, err := s.kv.Get(k(pKeyUsage + id))
-	if errors.Is(err, errKVNotFound) {
-		return nil, nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, errKVNotFound):
+		raw = nil
+	case err != nil:
 		return nil, fmt.Errorf("read usage: %w", err)
+	}
+	if raw != nil {
+		var u usageRecord
+		if err := decodeUsage(raw, &u); err != nil {
+			return nil, fmt.Errorf("read usage of %s: %w", id, err)
+		}
+	}
+	raw, err = s.nodeUsage(id, raw)
+	if err != nil {
+		return nil, err
+	}
+	if raw == nil {
+		return nil, nil
 	}
 	var u usageRecord
 	if err := decodeUsage(raw, &u); err != nil {

@@ -1,0 +1,130 @@
+package store
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Usage on several nodes. A single node (NodeID "") writes a key's usage as
+// merge operands of ku/<key id>, as it always has. Nodes that share an etcd
+// each write their own record, ku/<key id>/<node id>, so that no two nodes
+// ever contend for one record (a merge on etcd is a read-modify-write
+// guarded by the record's revision) and the writes a flush makes are
+// bounded by the keys this node saw used, never by requests. Reading a
+// key's usage merges its own record (one a storage copy brought over) with
+// every node's.
+
+// MaxNodeIDLen bounds Options.NodeID.
+const MaxNodeIDLen = 128
+
+// CheckNodeID reports what is wrong with a node id ("" is valid: a single
+// node). It is part of keys, so it is restricted to a safe alphabet.
+func CheckNodeID(id string) error {
+	if len(id) > MaxNodeIDLen {
+		return fmt.Errorf("node id longer than %d bytes", MaxNodeIDLen)
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_.:", c)) {
+			return fmt.Errorf("node id %q: only letters, digits and - _ . : are allowed", id)
+		}
+	}
+	return nil
+}
+
+// usageKey is where this node writes a key's usage.
+func (s *Store) usageKey(id string) []byte {
+	if s.nodeID == "" {
+		return k(pKeyUsage + id)
+	}
+	return k(pKeyUsage+id, s.nodeID)
+}
+
+// nodeUsage merges the nodes' usage records of a key into own (the key's
+// own record, nil when there is none); nil when there is no usage at all.
+func (s *Store) nodeUsage(id string, own []byte) ([]byte, error) {
+	out := own
+	err := s.kv.Scan(k(pKeyUsage+id, ""), nil, func(_, v []byte) bool {
+		if out == nil {
+			out = encodeUsage(&usageRecord{})
+		}
+		out = mergeUsage(out, v)
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read usage of %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// deleteUsageInto adds the deletion of a key's usage records, its own and
+// every node's, to b. A node that flushes usage it buffered before it saw
+// the delete writes a record nobody reads again (the key id is never
+// reused); it is not worth a failed delete, so a failed scan only leaves
+// the nodes' records behind.
+func (s *Store) deleteUsageInto(b *Batch, id string) {
+	b.Delete(k(pKeyUsage + id))
+	err := s.kv.Scan(k(pKeyUsage+id, ""), nil, func(key, _ []byte) bool {
+		b.Delete(append([]byte(nil), key...))
+		return true
+	})
+	if err != nil {
+		s.log.Errorf("delete key %s: its per-node usage records are left behind: %v", id, err)
+	}
+}
+
+// applyFlush commits a flush's batch b, whose first len(ids) operations are
+// the usage of the keys ids and the rest its denied-request events. On a KV
+// with bounded batches (etcd) it commits them in chunks, the events with
+// the first; the usage of the chunks that failed is kept for the next
+// flush, so no count is written twice.
+func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas map[string]*usageDelta, now time.Time) error {
+	maxOps, maxBytes := 0, 0
+	if l, ok := s.kv.(batchLimiter); ok {
+		maxOps, maxBytes = l.batchLimits()
+	}
+	if maxOps == 0 || b.Len() <= maxOps && int(b.size()) <= maxBytes {
+		if err := s.kv.Apply(b, true); err != nil {
+			s.flushes.failures.Add(1)
+			s.usage.restore(deltas, now) // the next flush retries them
+			return fmt.Errorf("flush usage (kept for the next flush): %w", err)
+		}
+		s.denied.commit(plan, now)
+		return nil
+	}
+	// Chunks: the events first, then usage ops up to the limits.
+	var chunks []Batch
+	var chunkIDs [][]string
+	cur := Batch{ops: append([]batchOp(nil), b.ops[len(ids):]...)}
+	var curIDs []string
+	size := int(cur.size())
+	for i, op := range b.ops[:len(ids)] {
+		opSize := len(op.key) + len(op.value) + 16
+		if cur.Len() > 0 && (cur.Len()+1 > maxOps || size+opSize > maxBytes) {
+			chunks, chunkIDs = append(chunks, cur), append(chunkIDs, curIDs)
+			cur, curIDs, size = Batch{}, nil, 0
+		}
+		cur.ops = append(cur.ops, op)
+		curIDs = append(curIDs, ids[i])
+		size += opSize
+	}
+	chunks, chunkIDs = append(chunks, cur), append(chunkIDs, curIDs)
+	for i := range chunks {
+		if err := s.kv.Apply(&chunks[i], true); err != nil {
+			s.flushes.failures.Add(1)
+			left := map[string]*usageDelta{}
+			for _, c := range chunkIDs[i:] {
+				for _, id := range c {
+					left[id] = deltas[id]
+				}
+			}
+			s.usage.restore(left, now)
+			if i > 0 {
+				s.denied.commit(plan, now) // the events went with the first chunk
+			}
+			return fmt.Errorf("flush usage (%d of %d parts written, the rest kept for the next flush): %w", i, len(chunks), err)
+		}
+	}
+	s.denied.commit(plan, now)
+	return nil
+}
