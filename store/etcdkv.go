@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -163,6 +164,11 @@ func openEtcd(cfg EtcdConfig) (*etcdKV, error) {
 // tls builds the client's TLS configuration, or nil without TLS.
 func (c *EtcdConfig) tls() (*tls.Config, error) {
 	if c.CAFile == "" && c.CertFile == "" && c.KeyFile == "" {
+		for _, ep := range c.Endpoints {
+			if strings.HasPrefix(ep, "https://") {
+				return &tls.Config{MinVersion: tls.VersionTLS12}, nil // the system's roots
+			}
+		}
 		return nil, nil
 	}
 	conf := &tls.Config{MinVersion: tls.VersionTLS12}
