@@ -264,6 +264,9 @@ func Open(opts Options) (*Store, error) {
 // init checks the schema version, creates the default tenant on first start
 // and loads the in-memory tenant and group state.
 func (s *Store) init() error {
+	if err := s.checkNotCopying(); err != nil {
+		return err
+	}
 	v, err := s.kv.Get([]byte(pMeta + "schema"))
 	switch {
 	case errors.Is(err, errKVNotFound):
