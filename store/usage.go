@@ -338,7 +338,7 @@ func (s *Store) flush(final bool) error {
 	now := s.now().UTC()
 	fresh := map[string]deniedReport{}
 	var b Batch
-	usageOps := make([]string, 0, len(deltas)) // the key id of each of b's first ops
+	usageOps := make([]string, 0, len(deltas)) // the key id of each of b's usage ops
 	for id, d := range deltas {
 		var rec usageRecord
 		if d.used {
@@ -361,8 +361,7 @@ func (s *Store) flush(final bool) error {
 			}
 		}
 		rec.Minutes = mergeMinutes(nil, d.minutes, now)
-		b.Merge(s.usageKey(id), encodeUsage(&rec))
-		usageOps = append(usageOps, id)
+		s.usageInto(&b, &usageOps, id, &rec)
 		if denied != ([numOutcomes]uint64{}) {
 			fresh[id] = deniedReport{id: id, tenant: d.tenant, counts: denied}
 		}

@@ -2,18 +2,28 @@ package store
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
 
 // Usage on several nodes. A single node (NodeID "") writes a key's usage as
 // merge operands of ku/<key id>, as it always has. Nodes that share an etcd
-// each write their own record, ku/<key id>/<node id>, so that no two nodes
-// ever contend for one record (a merge on etcd is a read-modify-write
-// guarded by the record's revision) and the writes a flush makes are
-// bounded by the keys this node saw used, never by requests. Reading a
-// key's usage merges its own record (one a storage copy brought over) with
-// every node's.
+// each write their own records, so that no two nodes ever contend for one
+// (a merge on etcd is a read-modify-write guarded by the record's
+// revision) and the writes a flush makes are bounded by the keys this node
+// saw used, never by requests:
+//
+//	ku/<key id>/<node id>       totals and last use (a few dozen bytes)
+//	ku/<key id>/<node id>/m<s>  the per-minute counts of one hour, in slot
+//	                            s = hour mod usageSlots
+//
+// A flush rewrites a key's small totals record and the current hour's
+// slot (at most 60 minutes), never a whole day of minutes. A slot is
+// reused after usageSlots hours: merging into it drops the minutes that
+// left the usage window (mergeUsage), so a key keeps at most usageSlots+1
+// records per node. Reading a key's usage merges its own record (a single
+// node's, or one a storage copy brought over) with all of these.
 
 // MaxNodeIDLen bounds Options.NodeID.
 const MaxNodeIDLen = 128
@@ -32,12 +42,33 @@ func CheckNodeID(id string) error {
 	return nil
 }
 
-// usageKey is where this node writes a key's usage.
-func (s *Store) usageKey(id string) []byte {
+// usageSlots is how many hourly minute records a node keeps per key: one
+// more than the hours of the usage window, so the slot being written never
+// holds minutes that are still in the window.
+const usageSlots = int64(usageWindow/time.Hour) + 1
+
+// usageInto adds the merges of a key's flushed usage to b, and the key's
+// id to ids once per operation.
+func (s *Store) usageInto(b *Batch, ids *[]string, id string, rec *usageRecord) {
 	if s.nodeID == "" {
-		return k(pKeyUsage + id)
+		b.Merge(k(pKeyUsage+id), encodeUsage(rec))
+		*ids = append(*ids, id)
+		return
 	}
-	return k(pKeyUsage+id, s.nodeID)
+	base := usageRecord{LastUsedAt: rec.LastUsedAt, LastUsedIP: rec.LastUsedIP, Totals: rec.Totals}
+	b.Merge(k(pKeyUsage+id, s.nodeID), encodeUsage(&base))
+	*ids = append(*ids, id)
+	for i := 0; i < len(rec.Minutes); {
+		hour := rec.Minutes[i].Minute / 60
+		j := i + 1
+		for j < len(rec.Minutes) && rec.Minutes[j].Minute/60 == hour {
+			j++
+		}
+		slot := "m" + strconv.FormatInt(hour%usageSlots, 10)
+		b.Merge(k(pKeyUsage+id, s.nodeID, slot), encodeUsage(&usageRecord{Minutes: rec.Minutes[i:j]}))
+		*ids = append(*ids, id)
+		i = j
+	}
 }
 
 // nodeUsage merges the nodes' usage records of a key into own (the key's
@@ -74,7 +105,8 @@ func (s *Store) deleteUsageInto(b *Batch, id string) {
 }
 
 // applyFlush commits a flush's batch b, whose first len(ids) operations are
-// the usage of the keys ids and the rest its denied-request events. On a KV
+// usage (ids[i] is the key of operation i) and the rest its denied-request
+// events. On a KV
 // with bounded batches (etcd) it commits them in chunks, the events with
 // the first; the usage of the chunks that failed is kept for the next
 // flush, so no count is written twice.
@@ -92,21 +124,28 @@ func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas m
 		s.denied.commit(plan, now)
 		return nil
 	}
-	// Chunks: the events first, then usage ops up to the limits.
+	// Chunks: the events first, then usage ops up to the limits, never
+	// splitting one key's operations (so a failed chunk's keys are exactly
+	// the ones whose usage was not written).
 	var chunks []Batch
 	var chunkIDs [][]string
 	cur := Batch{ops: append([]batchOp(nil), b.ops[len(ids):]...)}
 	var curIDs []string
 	size := int(cur.size())
-	for i, op := range b.ops[:len(ids)] {
-		opSize := len(op.key) + len(op.value) + 16
-		if cur.Len() > 0 && (cur.Len()+1 > maxOps || size+opSize > maxBytes) {
+	usage := b.ops[:len(ids)]
+	for i := 0; i < len(usage); {
+		j, groupSize := i, 0
+		for ; j < len(usage) && ids[j] == ids[i]; j++ {
+			groupSize += len(usage[j].key) + len(usage[j].value) + 16
+		}
+		if cur.Len() > 0 && (cur.Len()+(j-i) > maxOps || size+groupSize > maxBytes) {
 			chunks, chunkIDs = append(chunks, cur), append(chunkIDs, curIDs)
 			cur, curIDs, size = Batch{}, nil, 0
 		}
-		cur.ops = append(cur.ops, op)
+		cur.ops = append(cur.ops, usage[i:j]...)
 		curIDs = append(curIDs, ids[i])
-		size += opSize
+		size += groupSize
+		i = j
 	}
 	chunks, chunkIDs = append(chunks, cur), append(chunkIDs, curIDs)
 	for i := range chunks {
