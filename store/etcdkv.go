@@ -521,7 +521,11 @@ func (e *etcdKV) currentRevision() (int64, error) {
 func (e *etcdKV) watch(ctx context.Context, from int64) (next int64, compacted bool) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ch := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(from))
+	// Progress notifications move the resume point of an idle watch
+	// forward, so that resuming it after a break does not run into
+	// compaction (and a needless reset).
+	ch := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
+		clientv3.WithProgressNotify())
 	next = from
 	for resp := range ch {
 		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
@@ -530,6 +534,10 @@ func (e *etcdKV) watch(ctx context.Context, from int64) (next int64, compacted b
 		if err := resp.Err(); err != nil {
 			e.log.Errorf("etcd watch: %v; resuming at revision %d", err, next)
 			return next, false
+		}
+		if resp.IsProgressNotify() {
+			next = max(next, resp.Header.Revision+1)
+			continue
 		}
 		e.deliver(resp.Events)
 		if len(resp.Events) > 0 {
