@@ -10,6 +10,7 @@ package etcdtest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -38,17 +39,29 @@ const MaxRequestBytes = 32 << 20
 
 // Server is a running etcd.
 type Server struct {
-	// Endpoint is host:port of its client URL.
+	// Endpoint is host:port of its client URL (https://host:port with TLS).
 	Endpoint string
+	tls      *tls.Config // the client's, with TLS
 	cmd      *exec.Cmd
 	dir      string
 	done     chan struct{}
 	stopped  atomic.Bool
 }
 
+// TLSFiles are the PEM files of a server that requires TLS and client
+// certificates signed by CA; Client is the configuration its clients use.
+type TLSFiles struct {
+	Cert, Key, CA string
+	Client        *tls.Config
+}
+
 // Start starts an etcd server; the caller stops it. It fails (never skips)
 // when no etcd binary is installed.
-func Start() (*Server, error) {
+func Start() (*Server, error) { return StartTLS(nil) }
+
+// StartTLS starts an etcd server that serves clients over TLS with f (nil:
+// plain HTTP).
+func StartTLS(f *TLSFiles) (*Server, error) {
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		return nil, fmt.Errorf("%s", InstallHint)
@@ -67,7 +80,7 @@ func Start() (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s, err := start(bin, dir, client, peer)
+		s, err := start(bin, dir, client, peer, f)
 		if err == nil {
 			return s, nil
 		}
@@ -78,25 +91,33 @@ func Start() (*Server, error) {
 	return nil, lastErr
 }
 
-func start(bin, dir, client, peer string) (*Server, error) {
+func start(bin, dir, client, peer string, f *TLSFiles) (*Server, error) {
 	curl, purl := "http://"+client, "http://"+peer
-	cmd := exec.Command(bin,
+	var extra []string
+	if f != nil {
+		curl = "https://" + client
+		extra = []string{"--cert-file", f.Cert, "--key-file", f.Key, "--trusted-ca-file", f.CA, "--client-cert-auth"}
+	}
+	cmd := exec.Command(bin, append([]string{
 		"--name", "keygate-test",
 		"--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", curl, "--advertise-client-urls", curl,
 		"--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
-		"--initial-cluster", "keygate-test="+purl,
+		"--initial-cluster", "keygate-test=" + purl,
 		"--initial-cluster-state", "new",
 		"--max-txn-ops", fmt.Sprint(MaxTxnOps),
 		"--max-request-bytes", fmt.Sprint(MaxRequestBytes),
 		"--log-level", "warn",
-	)
+	}, extra...)...)
 	log := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}
 	s := &Server{Endpoint: client, cmd: cmd, dir: dir, done: make(chan struct{})}
+	if f != nil {
+		s.Endpoint, s.tls = curl, f.Client
+	}
 	go func() { _ = cmd.Wait(); close(s.done) }()
 	if err := s.waitReady(15 * time.Second); err != nil {
 		s.kill()
@@ -114,7 +135,7 @@ func (s *Server) waitReady(within time.Duration) error {
 			return fmt.Errorf("etcd exited")
 		default:
 		}
-		c, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, DialTimeout: time.Second, Logger: zap.NewNop()})
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, DialTimeout: time.Second, TLS: s.tls, Logger: zap.NewNop()})
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_, err = c.Get(ctx, "health")
@@ -170,7 +191,7 @@ func (s *Server) Resume() error {
 // Client returns a client of the server, closed when the test ends.
 func (s *Server) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint}, DialTimeout: 5 * time.Second, TLS: s.tls, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
