@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -383,6 +384,10 @@ func TestEtcdUnavailableFailsWithinDeadline(t *testing.T) {
 	enable(t, s, "acme")
 	_, secret := mustKey(t, s, "acme", "alice", KeyInput{})
 
+	view, _, err := s.Verify("acme", secret, clk.Now())
+	mustNil(t, err)
+	s.RecordUse(view, netip.MustParseAddr("192.0.2.1"), OutcomeOK, clk.Now())
+
 	srv.Pause()
 	bounded := func(what string, call func() error) {
 		t.Helper()
@@ -410,6 +415,12 @@ func TestEtcdUnavailableFailsWithinDeadline(t *testing.T) {
 		t.Error("error names a secret")
 	}
 
+	// A usage flush fails too, and keeps the counts for the next one.
+	bounded("Flush", s.Flush)
+	if s.PendingUsage() != 1 {
+		t.Errorf("after a failed flush %d keys' usage pending, want 1", s.PendingUsage())
+	}
+
 	if err := srv.Resume(); err != nil {
 		t.Fatal(err)
 	}
@@ -423,6 +434,10 @@ func TestEtcdUnavailableFailsWithinDeadline(t *testing.T) {
 			t.Fatalf("etcd back, writes still fail: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	mustNil(t, s.Flush())
+	if u, err := s.Usage("acme", view.ID); err != nil || u.Total != 1 {
+		t.Fatalf("usage kept through the outage: %+v %v", u, err)
 	}
 }
 
