@@ -247,7 +247,8 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	kv.Watch(s.onChange)
-	if r, ok := kv.(watchResetter); ok {
+	if r, ok := kv.(watchResetter); ok { // other nodes write too (shared.go)
+		kv.Watch(s.onSharedChange)
 		r.WatchReset(s.onReset)
 	}
 	if opts.FlushInterval > 0 {
