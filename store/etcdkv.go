@@ -100,6 +100,7 @@ type etcdKV struct {
 	watchers   atomic.Pointer[[]func(keys [][]byte)]
 	resets     atomic.Pointer[[]func()]
 	started    bool
+	watching   atomic.Bool // a watch loop runs (and prunes own)
 	loopCancel context.CancelFunc
 	loopDone   chan struct{}
 
@@ -312,9 +313,11 @@ func (e *etcdKV) Apply(b *Batch, _ bool) error {
 	for i, op := range ops {
 		keys[i] = op.key
 	}
-	e.omu.Lock()
-	e.own[rev] = struct{}{}
-	e.omu.Unlock()
+	if rev != 0 && e.watching.Load() { // the watch prunes what it passes
+		e.omu.Lock()
+		e.own[rev] = struct{}{}
+		e.omu.Unlock()
+	}
 	if ws := e.watchers.Load(); ws != nil {
 		for _, w := range *ws {
 			w(keys)
@@ -364,7 +367,24 @@ func (e *etcdKV) commit(ops, merges []*etcdOp) (ok bool, rev int64, err error) {
 	if err != nil {
 		return false, 0, e.fail("txn", err)
 	}
-	return resp.Succeeded, resp.Header.Revision, nil
+	if !resp.Succeeded {
+		return false, 0, nil
+	}
+	// A Txn that changed nothing (only deletes of absent keys, as when
+	// two nodes prune the same events) makes no revision: the header then
+	// names the latest one, someone else's commit, which must not be
+	// taken for ours (rev 0).
+	changed := false
+	for i, op := range ops {
+		if op.kind != opDelete || resp.Responses[i].GetResponseDeleteRange().GetDeleted() > 0 {
+			changed = true
+			break
+		}
+	}
+	if !changed {
+		return true, 0, nil
+	}
+	return true, resp.Header.Revision, nil
 }
 
 // Scan reads the range in pages of etcdScanPage keys, all at the revision
@@ -429,6 +449,7 @@ func (e *etcdKV) Watch(fn func(keys [][]byte)) {
 
 // startWatch starts the watch loop from revision from; the caller holds wmu.
 func (e *etcdKV) startWatch(from int64) {
+	e.watching.Store(true)
 	ctx, cancel := context.WithCancel(e.ctx)
 	e.loopCancel, e.loopDone = cancel, make(chan struct{})
 	go e.watchLoop(ctx, from)

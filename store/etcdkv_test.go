@@ -454,3 +454,26 @@ func TestEtcdClosedKV(t *testing.T) {
 		t.Fatalf("Apply after Close: %v", err)
 	}
 }
+
+// TestEtcdKVNoOpTxnNotTakenForOwn: a batch that changes nothing (deletes of
+// absent keys) makes no etcd revision; the revision its answer names is
+// another node's commit, which the watch must still deliver.
+func TestEtcdKVNoOpTxnNotTakenForOwn(t *testing.T) {
+	a := newEtcdKV(t)
+	b := etcdKVAt(t, etcdtest.Shared(t), a.prefix, 0)
+	rec := newRecorder()
+	a.Watch(rec.fn)
+	a.stopWatch()
+	var w Batch
+	w.Set([]byte("kh/other"), []byte("1"))
+	mustNil(t, b.Apply(&w, true))
+	rev, err := a.currentRevision()
+	mustNil(t, err)
+	var noop Batch
+	noop.Delete([]byte("e/absent"))
+	mustNil(t, a.Apply(&noop, true))
+	a.wmu.Lock()
+	a.startWatch(rev)
+	a.wmu.Unlock()
+	rec.waitFor(t, "kh/other")
+}
