@@ -73,6 +73,16 @@ type App struct {
 	// meets a full disk itself: writes fail until keygate is restarted).
 	DiskReserve int64 `json:"disk_reserve,omitempty"`
 
+	// Etcd, when set, keeps the key store in an etcd cluster that several
+	// keygate nodes share (SPEC section 7) instead of Pebble: storage,
+	// block_cache_mb and disk_reserve then do not apply.
+	Etcd *EtcdConfig `json:"etcd,omitempty"`
+
+	// NodeID names this node among those sharing an etcd; it must be
+	// unique per node (each writes its own usage records under it).
+	// Default: the host name. Only with etcd.
+	NodeID string `json:"node_id,omitempty"`
+
 	path   string
 	shared *shared
 	logger *zap.Logger
@@ -93,16 +103,30 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
-	dir := repl.ReplaceAll(a.Storage, "")
-	if dir == "" {
-		dir = filepath.Join(caddy.AppDataDir(), "keygate")
-	}
-	path, err := canonicalPath(dir)
-	if err != nil {
-		return fmt.Errorf("api_keys storage: %w", err)
+	var path string
+	var etcd *store.EtcdConfig
+	if a.Etcd != nil {
+		cfg := a.Etcd.storeConfig(repl)
+		etcd, path = &cfg, a.Etcd.poolKey()
+		if a.NodeID == "" {
+			id, err := defaultNodeID()
+			if err != nil {
+				return err
+			}
+			a.NodeID = id
+		}
+	} else {
+		dir := repl.ReplaceAll(a.Storage, "")
+		if dir == "" {
+			dir = filepath.Join(caddy.AppDataDir(), "keygate")
+		}
+		var err error
+		if path, err = canonicalPath(dir); err != nil {
+			return fmt.Errorf("api_keys storage: %w", err)
+		}
 	}
 	opts := store.Options{
-		Dir:             path,
+		NodeID:          a.NodeID,
 		BlockCache:      a.BlockCacheMB << 20,
 		CacheEntries:    a.CacheEntries,
 		NegativeEntries: a.NegativeCacheEntries,
@@ -116,8 +140,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if p := repl.ReplaceAll(a.Pepper, ""); p != "" {
 		opts.Pepper = []byte(p)
 	}
+	if etcd == nil {
+		opts.Dir = path
+	}
 	val, loaded, err := stores.LoadOrNew(path, func() (caddy.Destructor, error) {
-		return newShared(opts), nil
+		sh := newShared(opts)
+		sh.etcd = etcd
+		return sh, nil
 	})
 	if err != nil {
 		return err
@@ -152,6 +181,17 @@ func (a *App) Validate() error {
 			store.Duration(store.MinEventRetention), time.Duration(a.EventRetention))
 	case a.DiskReserve < -1:
 		return fmt.Errorf("api_keys: disk_reserve must be a size in bytes, or -1 to disable the check; got %d", a.DiskReserve)
+	case a.NodeID != "" && a.Etcd == nil:
+		return fmt.Errorf("api_keys: node_id names a node sharing an etcd: it needs an etcd block")
+	}
+	if err := store.CheckNodeID(a.NodeID); err != nil {
+		return fmt.Errorf("api_keys: node_id: %w", err)
+	}
+	if a.Etcd != nil {
+		if a.Storage != "" {
+			return fmt.Errorf("api_keys: storage (a Pebble directory) and etcd exclude each other")
+		}
+		return a.Etcd.validate()
 	}
 	return nil
 }
@@ -160,6 +200,11 @@ func (a *App) Validate() error {
 func (a *App) Start() error {
 	if _, err := a.shared.open(); err != nil {
 		return err
+	}
+	if a.Etcd != nil {
+		a.logger.Info("api key store ready", zap.Strings("etcd", a.Etcd.Endpoints), zap.String("prefix", a.shared.etcd.Prefix),
+			zap.String("node_id", a.NodeID))
+		return nil
 	}
 	a.logger.Info("api key store ready", zap.String("storage", a.path))
 	return nil
@@ -198,6 +243,7 @@ func canonicalPath(dir string) (string, error) {
 // caddy.Context or its logger (PITFALLS 3).
 type shared struct {
 	opts store.Options
+	etcd *store.EtcdConfig // not nil: the store is on etcd, opened with opts.KV
 
 	mu    sync.Mutex
 	st    *store.Store
@@ -221,7 +267,7 @@ func (s *shared) sameOptions(o store.Options) bool {
 	a, b := s.opts, o
 	return a.BlockCache == b.BlockCache && a.CacheEntries == b.CacheEntries && a.NegativeEntries == b.NegativeEntries &&
 		a.NegativeTTL == b.NegativeTTL && a.FlushInterval == b.FlushInterval && string(a.Pepper) == string(b.Pepper) &&
-		a.EventRetention == b.EventRetention && a.DiskReserve == b.DiskReserve
+		a.EventRetention == b.EventRetention && a.DiskReserve == b.DiskReserve && a.NodeID == b.NodeID
 }
 
 // open opens the store once; later calls return it.
@@ -231,9 +277,18 @@ func (s *shared) open() (*store.Store, error) {
 	if s.st != nil {
 		return s.st, nil
 	}
-	st, err := store.Open(s.opts)
+	opts := s.opts
+	where := opts.Dir
+	if s.etcd != nil {
+		kv, err := store.OpenEtcd(*s.etcd)
+		if err != nil {
+			return nil, fmt.Errorf("open api key store on etcd %v: %w", s.etcd.Endpoints, err)
+		}
+		opts.KV, where = kv, fmt.Sprintf("etcd %v %s", s.etcd.Endpoints, s.etcd.Prefix)
+	}
+	st, err := store.Open(opts)
 	if err != nil {
-		return nil, fmt.Errorf("open api key store at %s: %w", s.opts.Dir, err)
+		return nil, fmt.Errorf("open api key store at %s: %w", where, err)
 	}
 	s.unsubscribe = st.Subscribe(func(inv store.Invalidation) { s.streams.invalidate(st, inv) })
 	s.st = st

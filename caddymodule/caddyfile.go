@@ -34,6 +34,11 @@ func init() {
 //	    event_retention <duration>|off
 //	    pepper         <secret>
 //	    disk_reserve   <size>|off   # e.g. 256MiB, 1GB; default 256MiB
+//	    etcd {                      # several nodes: see EtcdConfig
+//	        endpoints <host:port...>
+//	        …
+//	    }
+//	    node_id        <name>       # with etcd; default: the host name
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
@@ -51,11 +56,24 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		opt := d.Val()
+		if opt == "etcd" {
+			e, err := unmarshalEtcd(d)
+			if err != nil {
+				return err
+			}
+			a.Etcd = e
+			continue
+		}
 		if !d.NextArg() {
 			return d.ArgErr()
 		}
 		val := d.Val()
 		switch opt {
+		case "node_id":
+			if err := store.CheckNodeID(val); err != nil || val == "" {
+				return d.Errf("node_id: %v", err)
+			}
+			a.NodeID = val
 		case "storage":
 			a.Storage = val
 		case "pepper":

@@ -423,10 +423,3 @@ func (l *localCommits) isEcho(keys [][]byte) bool {
 	}
 	return false
 }
-
-// kvResetter is implemented by a KV that can lose track of other nodes'
-// changes (a networked one): Open registers ReloadAll with it, to be called
-// before the KV admits reads again after such a gap.
-type kvResetter interface {
-	OnReset(fn func())
-}

@@ -36,11 +36,27 @@ func (c *clock) Advance(d time.Duration) time.Time {
 	return c.t
 }
 
-// memStore opens a store on an in-memory filesystem with an injected clock
-// and no background flusher.
+// kvFactories are the KV implementations the store's tests run on: memStore
+// opens its store with the one testKV names (etcd_suite_test.go runs a set
+// of tests with each). The etcd one is a node with its own usage records.
+var kvFactories = map[string]func(t testing.TB, o *Options){
+	"pebble": nil, // memStore's own in-memory Pebble
+	"etcd": func(t testing.TB, o *Options) {
+		o.KV, o.NodeID = newEtcdKV(t), "node-1"
+	},
+}
+
+// testKV is the factory memStore uses (nil: in-memory Pebble).
+var testKV func(t testing.TB, o *Options)
+
+// memStore opens a store on an in-memory filesystem (or on testKV) with an
+// injected clock and no background flusher.
 func memStore(t testing.TB, clk *clock, tweak ...func(*Options)) *Store {
 	t.Helper()
 	opts := Options{Dir: "db", FS: vfs.NewMem(), FlushInterval: -1}
+	if testKV != nil {
+		testKV(t, &opts)
+	}
 	if clk != nil {
 		opts.Now = clk.Now
 	}
@@ -55,10 +71,14 @@ func memStore(t testing.TB, clk *clock, tweak ...func(*Options)) *Store {
 	return s
 }
 
-// diskStore opens (or reopens) a store in dir on the real filesystem.
+// diskStore opens (or reopens) a store in dir on the real filesystem (or
+// on testKV).
 func diskStore(t testing.TB, dir string, clk *clock, tweak ...func(*Options)) *Store {
 	t.Helper()
 	opts := Options{Dir: dir, FlushInterval: -1}
+	if testKV != nil {
+		testKV(t, &opts)
+	}
 	if clk != nil {
 		opts.Now = clk.Now
 	}

@@ -681,7 +681,7 @@ func (s *Store) deleteInto(c *commit, rec *keyRecord, h SecretHash, actor string
 	c.b.Delete(k(pKeyID + rec.ID))
 	c.b.Delete(k(pKeyTenant+rec.Tenant, rec.ID))
 	c.b.Delete(k(pKeyOwner+rec.Tenant, rec.Owner, rec.ID))
-	c.b.Delete(k(pKeyUsage + rec.ID))
+	s.deleteUsageInto(&c.b, rec.ID)
 	c.keyCount(rec.Tenant, -1)
 	c.keyDeleted(rec.ID)
 	s.event(&c.b, now, rec.Tenant, "key.deleted", actor, rec.ID, map[string]any{"name": rec.Name, "owner": rec.Owner})

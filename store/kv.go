@@ -152,6 +152,9 @@ type pebbleConfig struct {
 	DiskReserve int64
 	// Now is the clock of the log throttle (nil: time.Now).
 	Now func() time.Time
+	// ReadOnly opens an existing store for reading only (storage copy);
+	// it still takes the store's lock.
+	ReadOnly bool
 }
 
 // openPebble opens (creating if needed) a Pebble database in dir with the
@@ -175,7 +178,7 @@ func openPebbleConfig(cfg pebbleConfig) (*pebbleKV, error) {
 		return nil, err // names dir already
 	}
 	plog := &pebbleLogger{l: cfg.Logger, kv: kv, throttle: newLogThrottle(cfg.Now, pebbleLogPeriod)}
-	opts := &pebble.Options{Logger: plog, FS: fs, EventListener: &pebble.EventListener{
+	opts := &pebble.Options{Logger: plog, FS: fs, ReadOnly: cfg.ReadOnly, EventListener: &pebble.EventListener{
 		BackgroundError: plog.backgroundError,
 	}}
 	prev, err := storeMerger(dir, fs)

@@ -82,8 +82,14 @@ type Options struct {
 	Dir string
 	// FS replaces the OS filesystem (tests use vfs.NewMem()).
 	FS vfs.FS
-	// KV replaces Pebble altogether; Dir and FS are then ignored.
+	// KV replaces Pebble altogether; Dir and FS are then ignored. OpenEtcd
+	// returns the KV of a cluster of nodes.
 	KV KV
+	// NodeID names this node when several share the KV (etcd): each writes
+	// its usage and last-used data under its own keys, and the usage
+	// endpoint sums the nodes. Empty (the default, a single node) writes
+	// them under the key's own usage record.
+	NodeID string
 	// Logger receives diagnostics; nil discards them.
 	Logger Logger
 	// BlockCache is Pebble's block cache in bytes (default 64 MiB).
@@ -133,6 +139,8 @@ type Store struct {
 	hasher hasher
 
 	decorate func(*KeyView) any
+	nodeID   string       // "": a single node (usagenodes.go)
+	resets   atomic.Int64 // watch resets (ReloadAll after a watch gap)
 
 	// wmu serialises domain writes: the read-validate-write of limits and
 	// state transitions must not interleave.
@@ -200,6 +208,9 @@ func Open(opts Options) (*Store, error) {
 	if opts.EventPruneInterval == 0 {
 		opts.EventPruneInterval = DefaultEventPruneInterval
 	}
+	if err := CheckNodeID(opts.NodeID); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	if opts.UsageBufferLimit <= 0 {
 		opts.UsageBufferLimit = defaultUsageBufferLimit
 	}
@@ -222,6 +233,7 @@ func Open(opts Options) (*Store, error) {
 		hasher:   newHasher(opts.Pepper),
 		decorate: opts.Decorate,
 		stop:     make(chan struct{}),
+		nodeID:   opts.NodeID,
 	}
 	s.retention = opts.EventRetention
 	s.hot.Store(&hotState{enabled: map[string]bool{}, groups: map[groupKey]*GroupView{}}) // init loads it
@@ -240,8 +252,13 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	kv.Watch(s.onWatch)
-	if r, ok := kv.(kvResetter); ok {
-		r.OnReset(s.ReloadAll)
+	if r, ok := kv.(watchResetter); ok {
+		// Other nodes write too, and the watch may miss their commits
+		// (etcd compacted them away): start over (commit.go).
+		r.WatchReset(func() {
+			s.ReloadAll()
+			s.resets.Add(1)
+		})
 	}
 	if opts.FlushInterval > 0 {
 		s.flushDone = make(chan struct{})
@@ -257,6 +274,9 @@ func Open(opts Options) (*Store, error) {
 // init checks the schema version, creates the default tenant on first start
 // and loads the in-memory tenant and group state.
 func (s *Store) init() error {
+	if err := s.checkNotCopying(); err != nil {
+		return err
+	}
 	v, err := s.kv.Get([]byte(pMeta + "schema"))
 	switch {
 	case errors.Is(err, errKVNotFound):

@@ -71,7 +71,9 @@ type usageBuffer struct {
 	// deleted holds keys deleted recently, with the flush count at the
 	// time: Flush writes usage blindly (Batch.Merge), so without this a use
 	// recorded by a request that verified just before the delete would
-	// recreate the key's usage record. Guarded by Store.wmu.
+	// recreate the key's usage record. Its own lock: local deletes forget
+	// under Store.wmu, another node's (the KV's watch goroutine) without it.
+	dmu     sync.Mutex
 	deleted map[string]uint64
 	flushes uint64
 }
@@ -168,7 +170,7 @@ func (u *usageBuffer) pending(id string) []minuteCount {
 }
 
 // forget drops a deleted key's buffered usage and keeps the next two
-// flushes from writing any for it. The caller holds Store.wmu.
+// flushes from writing any for it.
 func (u *usageBuffer) forget(id string) {
 	sh := u.shard(id)
 	sh.mu.Lock()
@@ -177,7 +179,9 @@ func (u *usageBuffer) forget(id string) {
 		delete(sh.m, id)
 	}
 	sh.mu.Unlock()
+	u.dmu.Lock()
 	u.deleted[id] = u.flushes
+	u.dmu.Unlock()
 }
 
 // skipDeleted removes keys deleted recently from deltas and forgets the
@@ -185,6 +189,8 @@ func (u *usageBuffer) forget(id string) {
 // that verified just before a delete records it right after, long before
 // two flush intervals pass. The caller holds Store.wmu.
 func (u *usageBuffer) skipDeleted(deltas map[string]*usageDelta) {
+	u.dmu.Lock()
+	defer u.dmu.Unlock()
 	u.flushes++
 	for id, at := range u.deleted {
 		delete(deltas, id)
@@ -337,8 +343,8 @@ func (s *Store) flush(final bool) error {
 	s.usage.skipDeleted(deltas)
 	now := s.now().UTC()
 	fresh := map[string]deniedReport{}
-	c := newCommit() // usage and events only: no effects
-	b := &c.b
+	var b Batch
+	usageOps := make([]string, 0, len(deltas)) // the key id of each of b's usage ops
 	for id, d := range deltas {
 		var rec usageRecord
 		if d.used {
@@ -361,7 +367,7 @@ func (s *Store) flush(final bool) error {
 			}
 		}
 		rec.Minutes = mergeMinutes(nil, d.minutes, now)
-		b.Merge(k(pKeyUsage+id), encodeUsage(&rec))
+		s.usageInto(&b, &usageOps, id, &rec)
 		if denied != ([numOutcomes]uint64{}) {
 			fresh[id] = deniedReport{id: id, tenant: d.tenant, counts: denied}
 		}
@@ -369,7 +375,7 @@ func (s *Store) flush(final bool) error {
 	plan := s.denied.plan(fresh, now, final)
 	for _, r := range plan {
 		if r.due {
-			s.event(b, now, r.tenant, "key.requests_denied", "gateway", r.id, outcomeMap(r.counts))
+			s.event(&b, now, r.tenant, "key.requests_denied", "gateway", r.id, outcomeMap(r.counts))
 		}
 	}
 	if b.Len() == 0 {
@@ -377,12 +383,9 @@ func (s *Store) flush(final bool) error {
 		return nil
 	}
 	start := time.Now()
-	if err := s.commit(c); err != nil {
-		s.flushes.failures.Add(1)
-		s.usage.restore(deltas, now) // the next flush retries them
-		return fmt.Errorf("flush usage (kept for the next flush): %w", err)
+	if err := s.applyFlush(&b, usageOps, plan, deltas, now); err != nil {
+		return err
 	}
-	s.denied.commit(plan, now)
 	s.flushObserved(time.Since(start))
 	return nil
 }
@@ -397,13 +400,29 @@ func outcomeMap(c [numOutcomes]uint64) map[string]any {
 	return m
 }
 
+// usageRecord reads a key's usage: its own record (a single node's, or one
+// copied from one) merged with every node's (usagenodes.go); nil when there
+// is none.
 func (s *Store) usageRecord(id string) (*usageRecord, error) {
 	raw, err := s.kv.Get(k(pKeyUsage + id))
-	if errors.Is(err, errKVNotFound) {
-		return nil, nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, errKVNotFound):
+		raw = nil
+	case err != nil:
 		return nil, fmt.Errorf("read usage: %w", err)
+	}
+	if raw != nil {
+		var u usageRecord
+		if err := decodeUsage(raw, &u); err != nil {
+			return nil, fmt.Errorf("read usage of %s: %w", id, err)
+		}
+	}
+	raw, err = s.nodeUsage(id, raw)
+	if err != nil {
+		return nil, err
+	}
+	if raw == nil {
+		return nil, nil
 	}
 	var u usageRecord
 	if err := decodeUsage(raw, &u); err != nil {
