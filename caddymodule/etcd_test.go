@@ -13,8 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/keygate/keygate/store/etcdtest"
 	"github.com/keygate/keygate/store"
+	"github.com/keygate/keygate/store/etcdtest"
 )
 
 // TestAppEtcdConfig: the etcd block and node_id, in the Caddyfile and in

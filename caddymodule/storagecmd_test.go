@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/store/etcdtest"
 	"github.com/keygate/keygate/store"
+	"github.com/keygate/keygate/store/etcdtest"
 )
 
 // TestStorageCopyCommand: `keygate storage copy` moves a stopped node's
