@@ -67,8 +67,9 @@ test-crash: build
 
 # Load benchmark against plain Caddy (cmd/keygate-bench): one keygate serves
 # A = reverse_proxy alone and B = api_key + the identical reverse_proxy, on
-# loopback, alternately; 10k keys (uniform, Zipf, 401 garbage/malformed) and
-# 1M keys with a 100k cache (miss path). About 5-6 minutes; BENCH_FLAGS=--quick
+# loopback, alternately; 10k keys (uniform, Zipf, 401 garbage/malformed, and
+# 1000 unknown keys against a plain `respond 401` site) and 1M keys with a 100k
+# cache (miss path). About 6-7 minutes; BENCH_FLAGS=--quick
 # for a one-minute sanity run. Results: bench-results.md and .json.
 BENCH_FLAGS ?=
 .PHONY: bench-load

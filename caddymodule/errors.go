@@ -47,10 +47,13 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, o outcome, d deni
 	hdr := w.Header()
 	switch row.status {
 	case http.StatusUnauthorized:
+		// Names are canonical already: assigning skips Set's
+		// re-canonicalizing (a 401 is the cheapest answer keygate gives,
+		// so its few hundred nanoseconds show).
 		if row.invalidToken {
-			hdr.Set("WWW-Authenticate", h.challengeInvalid)
+			hdr[wwwAuthenticate] = []string{h.challengeInvalid}
 		} else {
-			hdr.Set("WWW-Authenticate", h.challenge)
+			hdr[wwwAuthenticate] = []string{h.challenge}
 		}
 	case http.StatusTooManyRequests:
 		hdr.Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(d.limit.retryAfter)))))
@@ -62,26 +65,67 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, o outcome, d deni
 		grpcReject(w, row)
 		return nil
 	}
-	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+	if h.hasErrorRoutes(r) {
 		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 			repl.Set("http.auth.api_key.error", row.code)
 		}
 		return caddyhttp.Error(row.status, errors.New(row.code+": "+row.message))
 	}
-	writeJSONError(w, row.status, row.code, row.message)
+	writeJSONError(w, row.status, &errorBodies[o])
 	return nil
 }
 
-// writeJSONError writes {"error":{"code":…,"message":…}}. Codes and
-// messages are our own constants, so no escaping beyond quoting is needed.
-func writeJSONError(w http.ResponseWriter, status int, code, message string) {
-	body := `{"error":{"code":` + strconv.Quote(code) + `,"message":` + strconv.Quote(message) + "}}\n"
+// hasErrorRoutes reports whether the server has handle_errors routes. It is
+// known from Provision (a server's config does not change while it runs);
+// a handler provisioned by hand (tests) asks the request's server.
+func (h *Handler) hasErrorRoutes(r *http.Request) bool {
+	if h.errorRoutesKnown {
+		return h.errorRoutes
+	}
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return ok && serverHasErrorRoutes(srv)
+}
+
+func serverHasErrorRoutes(srv *caddyhttp.Server) bool {
+	return srv != nil && srv.Errors != nil && len(srv.Errors.Routes) > 0
+}
+
+const (
+	wwwAuthenticate = "Www-Authenticate" // canonical form of WWW-Authenticate
+	contentType     = "Content-Type"
+	contentLength   = "Content-Length"
+	cacheControl    = "Cache-Control"
+)
+
+// errorBody is an outcome's JSON answer, built once.
+type errorBody struct {
+	body   []byte
+	length string // len(body), for Content-Length
+}
+
+// errorBodies are {"error":{"code":…,"message":…}} of every outcome. Codes
+// and messages are our own constants, so no escaping beyond quoting is
+// needed.
+var errorBodies = func() (b [numOutcomes]errorBody) {
+	for o := range b {
+		row := &outcomeTable[o]
+		body := `{"error":{"code":` + strconv.Quote(row.code) + `,"message":` + strconv.Quote(row.message) + "}}\n"
+		b[o] = errorBody{body: []byte(body), length: strconv.Itoa(len(body))}
+	}
+	return b
+}()
+
+// writeJSONError writes an outcome's JSON answer. The header values share
+// one per-request array (one allocation, not three); the body is the
+// shared, never modified errorBodies entry.
+func writeJSONError(w http.ResponseWriter, status int, e *errorBody) {
 	hdr := w.Header()
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-	hdr.Set("Cache-Control", "no-store")
+	vals := &[3]string{"application/json", e.length, "no-store"}
+	hdr[contentType] = vals[0:1:1]
+	hdr[contentLength] = vals[1:2:2]
+	hdr[cacheControl] = vals[2:3:3]
 	w.WriteHeader(status)
-	_, _ = w.Write([]byte(body))
+	_, _ = w.Write(e.body)
 }
 
 // isGRPC reports whether r is a gRPC call (Content-Type application/grpc or

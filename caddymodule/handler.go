@@ -72,8 +72,12 @@ type Handler struct {
 	// challenge and challengeInvalid are the WWW-Authenticate values of a
 	// 401 without and with a presented credential.
 	challenge, challengeInvalid string
-	now                         func() time.Time
-	logger                      *zap.Logger
+	// errorRoutes: the server has handle_errors routes (deny returns an
+	// error for them instead of writing its JSON answer); errorRoutesKnown
+	// once Provision has seen the server.
+	errorRoutes, errorRoutesKnown bool
+	now                           func() time.Time
+	logger                        *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -111,6 +115,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("api_key: %w", err)
 	}
 	registerConnContext(srv) // HTTP/1.x streams end by closing their connection (streams.go)
+	h.errorRoutes, h.errorRoutesKnown = serverHasErrorRoutes(srv), true
 	return nil
 }
 

@@ -1,7 +1,10 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -102,5 +105,35 @@ func TestOutcomeOfCode(t *testing.T) {
 		if row := outcomeTable[outcomeOfCode(code)]; row.code != "invalid_key" {
 			t.Errorf("outcomeOfCode(%q) = %q, want invalid_key", code, row.code)
 		}
+	}
+}
+
+// TestErrorBodies: every outcome's prebuilt answer is the spec's JSON with
+// its own code and message, and Content-Length is its length; the header
+// values of one answer are its own (a later middleware editing them in place
+// cannot change the next answer), while the body is shared and unchanged.
+func TestErrorBodies(t *testing.T) {
+	for o := range outcomeTable {
+		row, e := &outcomeTable[o], &errorBodies[o]
+		var got struct {
+			Error struct{ Code, Message string } `json:"error"`
+		}
+		if err := json.Unmarshal(e.body, &got); err != nil {
+			t.Fatalf("outcome %d: %v: %s", o, err, e.body)
+		}
+		if got.Error.Code != row.code || got.Error.Message != row.message || e.length != strconv.Itoa(len(e.body)) {
+			t.Errorf("outcome %d: %+v, length %s of %d bytes; want %q %q", o, got, e.length, len(e.body), row.code, row.message)
+		}
+	}
+	w1, w2 := httptest.NewRecorder(), httptest.NewRecorder()
+	writeJSONError(w1, 401, &errorBodies[outcomeInvalidKey])
+	w1.Header()["Content-Type"][0] = "text/plain"
+	w1.Header()["Cache-Control"] = append(w1.Header()["Cache-Control"], "private")
+	writeJSONError(w2, 401, &errorBodies[outcomeInvalidKey])
+	if ct, cc := w2.Header().Values("Content-Type"), w2.Header().Values("Cache-Control"); len(ct) != 1 || ct[0] != "application/json" || len(cc) != 1 || cc[0] != "no-store" {
+		t.Fatalf("second answer's headers: Content-Type %q, Cache-Control %q", ct, cc)
+	}
+	if w2.Code != 401 || w2.Body.String() != `{"error":{"code":"invalid_key","message":"invalid API key"}}`+"\n" || w2.Header().Get("Content-Length") != strconv.Itoa(w2.Body.Len()) {
+		t.Fatalf("second answer: %d %q, Content-Length %q", w2.Code, w2.Body.String(), w2.Header().Get("Content-Length"))
 	}
 }

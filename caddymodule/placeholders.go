@@ -1,7 +1,7 @@
 package caddymodule
 
 import (
-	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -12,12 +12,14 @@ import (
 // once per cached key view (see decorate). The values are boxed as `any` on
 // the first lookup, not when the view is built: a cache of 100k views with
 // pre-boxed values held five extra heap objects per key for the garbage
-// collector to mark, whether or not the config used any placeholder. Once
-// boxed, answering allocates nothing.
+// collector to mark, whether or not the config used any placeholder. The
+// boxed values live in their own array, made on that first lookup, so that
+// the set every cached view carries is two words (16 bytes, not the 112 of
+// a sync.Once and the array inline: 10 MB of live heap less with 100k
+// cached views). Once boxed, answering allocates nothing.
 type placeholderSet struct {
 	view  *store.KeyView
-	once  sync.Once
-	boxed [phCount]any
+	boxed atomic.Pointer[[phCount]any]
 }
 
 // Indexes into placeholderSet.boxed.
@@ -46,11 +48,17 @@ func (p *placeholderSet) replace(key string) (any, bool) {
 	default:
 		return nil, false
 	}
-	p.once.Do(func() {
+	b := p.boxed.Load()
+	if b == nil {
+		// Requests racing here may each box; one array wins, and the
+		// values are equal either way.
 		v := p.view
-		p.boxed = [phCount]any{phID: v.ID, phName: v.Name, phOwner: v.Owner, phGroup: v.Group, phTenant: v.Tenant}
-	})
-	return p.boxed[i], true
+		b = &[phCount]any{phID: v.ID, phName: v.Name, phOwner: v.Owner, phGroup: v.Group, phTenant: v.Tenant}
+		if !p.boxed.CompareAndSwap(nil, b) {
+			b = p.boxed.Load()
+		}
+	}
+	return b[i], true
 }
 
 // decorate is the store's view hook: it runs once when a key view is built.

@@ -1,7 +1,10 @@
 package caddymodule
 
 import (
+	"fmt"
+	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/keygate/keygate/store"
 )
@@ -13,6 +16,10 @@ func TestPlaceholderSet(t *testing.T) {
 	// method value), not one per placeholder.
 	if n := testing.AllocsPerRun(100, func() { v.Extra = decorate(v) }); n > 2 {
 		t.Fatalf("decorate allocates %.0f objects", n)
+	}
+	// …and they are small: every cached view keeps them live.
+	if size := unsafe.Sizeof(placeholderSet{}); size > 16 {
+		t.Fatalf("a placeholder set takes %d bytes per cached view", size)
 	}
 	f = placeholdersOf(v)
 	for key, want := range map[string]string{
@@ -32,5 +39,26 @@ func TestPlaceholderSet(t *testing.T) {
 	// Once boxed, answering allocates nothing.
 	if n := testing.AllocsPerRun(100, func() { _, _ = f("http.auth.api_key.owner") }); n != 0 {
 		t.Fatalf("a lookup allocates %.0f objects", n)
+	}
+}
+
+// TestPlaceholderSetConcurrentFirstUse: requests of one key racing on the
+// first lookup all get the key's values (run with -race).
+func TestPlaceholderSetConcurrentFirstUse(t *testing.T) {
+	v := &store.KeyView{ID: "key_2", Name: "n", Owner: "bob", Tenant: "t"}
+	f := placeholdersOf(v)
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for range 8 {
+		wg.Go(func() {
+			if got, ok := f("http.auth.api_key.owner"); !ok || got != "bob" {
+				errs <- fmt.Sprintf("owner = %#v, %v", got, ok)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
 	}
 }

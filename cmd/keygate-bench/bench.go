@@ -54,14 +54,20 @@ const (
 	ScZipf      = "zipf"
 	ScGarbage   = "garbage"
 	ScMalformed = "malformed"
+	ScUnknown   = "unknown401"
 	ScMiss      = "miss"
 )
+
+// unknownSecrets is how many distinct unknown secrets ScUnknown cycles
+// through (issue 13's 401-path target).
+const unknownSecrets = 1000
 
 var scenarioText = map[string]string{
 	ScUniform:   "valid keys, uniform over all keys (cache hits)",
 	ScZipf:      "valid keys, Zipf-distributed",
 	ScGarbage:   "well-formed unknown keys, a fresh one per request (negative-cache miss + store read, 401)",
 	ScMalformed: "malformed keys: bad checksum/length/prefix/character (401 before any lookup)",
+	ScUnknown:   "1000 distinct well-formed unknown keys (401 from the negative cache) against A = plain `respond 401`",
 	ScMiss:      "valid keys, uniform over more keys than the cache holds (the miss path)",
 }
 
@@ -161,7 +167,7 @@ func (c *Config) defaults() {
 		c.ZipfS = 1.1
 	}
 	if c.Scenarios == nil {
-		c.Scenarios = []string{ScUniform, ScZipf, ScGarbage, ScMalformed}
+		c.Scenarios = []string{ScUniform, ScZipf, ScGarbage, ScMalformed, ScUnknown}
 	}
 	if c.ImportChunk <= 0 || c.ImportChunk > store.MaxImport {
 		c.ImportChunk = store.MaxImport
@@ -176,7 +182,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
 	for _, sc := range cfg.Scenarios {
 		if _, ok := scenarioText[sc]; !ok || sc == ScMiss {
-			return nil, fmt.Errorf("unknown scenario %q (want uniform, zipf, garbage, malformed)", sc)
+			return nil, fmt.Errorf("unknown scenario %q (want uniform, zipf, garbage, malformed, unknown401)", sc)
 		}
 	}
 	start := time.Now()
@@ -290,17 +296,25 @@ func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, cli
 			pick = garbageKeys(cfg.Seed)
 		case ScMalformed:
 			pick = malformedKeys(cfg.Seed)
+		case ScUnknown:
+			pick = fixedKeys(garbageKeys(cfg.Seed^0x401), unknownSecrets, cfg.Seed)
+		}
+		// Side A of the 401 scenario is Caddy answering 401 by itself, not
+		// the proxy: the target compares keygate's rejection with that.
+		urlA := kg.urlA
+		if name == ScUnknown {
+			urlA = kg.urlR
 		}
 		sc := &Scene{Name: name, Description: scenarioText[name]}
 		inst.Scenarios = append(inst.Scenarios, sc)
 		if cfg.Warmup > 0 {
-			load(ctx, client, kg.urlA, cfg.Conns, cfg.Warmup, pick)
+			load(ctx, client, urlA, cfg.Conns, cfg.Warmup, pick)
 			load(ctx, client, kg.urlB, cfg.Conns, cfg.Warmup, pick)
 			settle(ctx, kg.pid(), cfg.Flush)
 		}
 		for round := 1; round <= cfg.Rounds; round++ {
 			for _, side := range roundSides(round) {
-				url := kg.urlA
+				url := urlA
 				if side == "B" {
 					url = kg.urlB
 				}
@@ -334,7 +348,7 @@ func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, cli
 		}
 		if cfg.ProfileDir != "" {
 			for _, side := range []string{"A", "B"} {
-				url := kg.urlA
+				url := urlA
 				if side == "B" {
 					url = kg.urlB
 				}
@@ -417,6 +431,7 @@ type keygate struct {
 	log        *lockedWriter
 	caddyfile  string
 	urlA, urlB string
+	urlR       string // site R: plain `respond 401` (the 401 scenario's A)
 	admin      string // http://127.0.0.1:port when profiling
 	api        string // the admin REST API, http://127.0.0.1:port, for the import
 }
@@ -426,8 +441,9 @@ func (k *keygate) pid() int { return k.cmd.Process.Pid }
 // caddyfile is the generated config: site A is reverse_proxy alone, site B
 // the identical reverse_proxy block behind api_key (PITFALLS 18). With
 // apiPort > 0 a third site serves the admin REST API (for the import), its
-// operator token taken from the environment.
-func caddyfile(dir, storeDir, upstream string, cache, blockCache int64, flush time.Duration, portA, portB, adminPort, idleConns, apiPort int) string {
+// operator token taken from the environment. Site R answers 401 by itself
+// (`respond 401`): the baseline of keygate's rejection path.
+func caddyfile(dir, storeDir, upstream string, cache, blockCache int64, flush time.Duration, portA, portB, portR, adminPort, idleConns, apiPort int) string {
 	admin := "admin off"
 	if adminPort > 0 {
 		admin = fmt.Sprintf("admin 127.0.0.1:%d", adminPort)
@@ -476,7 +492,12 @@ http://127.0.0.1:%d {
 	api_key
 	%s
 }
-%s`, admin, filepath.Join(dir, "caddy"), storeDir, cache, flush, blockCacheLine, portA, proxy, portB, proxy, apiSite)
+
+http://127.0.0.1:%d {
+	bind 127.0.0.1
+	respond 401
+}
+%s`, admin, filepath.Join(dir, "caddy"), storeDir, cache, flush, blockCacheLine, portA, proxy, portB, proxy, portR, apiSite)
 }
 
 // startOptions are what the import's keygate has on top of the measured one.
@@ -490,7 +511,7 @@ type startOptions struct {
 func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream string, cache int64, opt startOptions) (*keygate, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		ports, err := freePorts(4)
+		ports, err := freePorts(5)
 		if err != nil {
 			return nil, err
 		}
@@ -502,7 +523,7 @@ func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream 
 			apiPort = ports[3]
 		}
 		cf := filepath.Join(dir, "Caddyfile")
-		text := caddyfile(dir, storeDir, upstream, cache, cfg.BlockCache, cfg.Flush, ports[0], ports[1], adminPort, cfg.IdleConns, apiPort)
+		text := caddyfile(dir, storeDir, upstream, cache, cfg.BlockCache, cfg.Flush, ports[0], ports[1], ports[4], adminPort, cfg.IdleConns, apiPort)
 		if err := os.WriteFile(cf, []byte(text), 0o600); err != nil {
 			return nil, err
 		}
@@ -516,7 +537,8 @@ func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream 
 			return nil, err
 		}
 		kg := &keygate{cmd: cmd, done: make(chan struct{}), log: log, caddyfile: text,
-			urlA: fmt.Sprintf("http://127.0.0.1:%d/", ports[0]), urlB: fmt.Sprintf("http://127.0.0.1:%d/", ports[1])}
+			urlA: fmt.Sprintf("http://127.0.0.1:%d/", ports[0]), urlB: fmt.Sprintf("http://127.0.0.1:%d/", ports[1]),
+			urlR: fmt.Sprintf("http://127.0.0.1:%d/", ports[4])}
 		if adminPort > 0 {
 			kg.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 		}
@@ -569,7 +591,7 @@ func (k *keygate) waitReady(ctx context.Context, timeout time.Duration) error {
 			return ctx.Err()
 		default:
 		}
-		if statusOf(c, k.urlA) == 200 && statusOf(c, k.urlB) == 401 {
+		if statusOf(c, k.urlA) == 200 && statusOf(c, k.urlB) == 401 && statusOf(c, k.urlR) == 401 {
 			return nil
 		}
 		if time.Now().After(deadline) {

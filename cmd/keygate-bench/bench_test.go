@@ -29,6 +29,17 @@ func TestKeyGenerators(t *testing.T) {
 			t.Fatalf("malformed key %q is well formed", k)
 		}
 	}
+	f := fixedKeys(garbageKeys(7), 5, 1)
+	distinct := map[string]bool{}
+	for w := range 3 {
+		p := f(w)
+		for range 200 {
+			distinct[p()] = true
+		}
+	}
+	if len(distinct) != 5 {
+		t.Fatalf("fixedKeys(…, 5): %d distinct keys across workers, want 5", len(distinct))
+	}
 	secrets := []string{"a", "b", "c"}
 	z := zipfKeys(secrets, 1.1, 1)(3)
 	u := uniformKeys(secrets, 1)(3)
@@ -114,17 +125,21 @@ func TestRunAgainstBinary(t *testing.T) {
 			}
 		}
 	}
-	for _, name := range []string{ScUniform, ScZipf, ScGarbage, ScMalformed, ScMiss} {
+	for _, name := range []string{ScUniform, ScZipf, ScGarbage, ScMalformed, ScUnknown, ScMiss} {
 		sc := got[name]
 		if sc == nil {
 			t.Fatalf("no scenario %s", name)
 		}
 		a, b := sc.Summary.A, sc.Summary.B
-		if a.Status2xx == 0 || a.Status2xx != a.Requests || a.Errors != 0 {
+		if name == ScUnknown { // A is plain `respond 401`
+			if a.Status401 == 0 || a.Status401 != a.Requests || a.Errors != 0 {
+				t.Errorf("%s A: want only 401s: %+v", name, a)
+			}
+		} else if a.Status2xx == 0 || a.Status2xx != a.Requests || a.Errors != 0 {
 			t.Errorf("%s A: %+v", name, a)
 		}
 		switch name {
-		case ScGarbage, ScMalformed:
+		case ScGarbage, ScMalformed, ScUnknown:
 			if b.Status401 == 0 || b.Status401 != b.Requests || b.Errors != 0 {
 				t.Errorf("%s B: want only 401s: %+v", name, b)
 			}

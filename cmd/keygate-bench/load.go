@@ -45,6 +45,17 @@ func zipfKeys(secrets []string, s float64, seed uint64) pickerFactory {
 	}
 }
 
+// fixedKeys draws n keys from gen once and then picks uniformly among
+// them: a bounded set of distinct keys, shared by every worker.
+func fixedKeys(gen pickerFactory, n int, seed uint64) pickerFactory {
+	g := gen(0)
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = g()
+	}
+	return uniformKeys(keys, seed)
+}
+
 const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 // garbageKeys makes a fresh, well-formed (correct layout and checksum) but
