@@ -270,6 +270,24 @@ func TestEtcdFrozenNodeBoundsRevoke(t *testing.T) {
 	if v := verdict(t, st[0], "acme", secret, st[0].now()); v != VerdictRevoked {
 		t.Fatalf("node 1 after the revoke: %s", vname(v))
 	}
+	// Heartbeating again, it takes a new lease (the old one ran out) and
+	// admits again, knowing the revoke.
+	time.Sleep(time.Duration(kvs[2].live.ttl) * time.Second) // the lease is surely gone
+	kvs[2].live.frozen.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, v, err := st[2].Verify("acme", secret, st[2].now())
+		if err == nil {
+			if v != VerdictRevoked {
+				t.Fatalf("node 3 back: %s", vname(v))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node 3 heartbeating again still: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	// A node that closes revokes its lease: nothing waits for it.
 	k2, _ := mustKey(t, st[1], "acme", "bob", KeyInput{})
 	mustNil(t, st[2].Close())
