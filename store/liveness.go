@@ -59,14 +59,17 @@ import (
 //
 // Claim: no node admits the revoked secret for a Verify that starts at a
 // time t after the answer A. Node n admits at t only with a fresh tick s
-// where t < s + S − margin. If s > c, the revoke had answered before s and
-// n applied it (F1). Otherwise s ≤ c, so n's tick put its record (with a
-// live lease) before the read of awaitApplied, which therefore saw it; the
-// wait ended in one of three ways:
+// where t < s + S − margin. If s > c, the commit had answered before s and
+// n applied it (F1). Otherwise s ≤ c. If that tick's put committed after
+// awaitApplied's read (made at a revision ≥ R), R_s > R and the tick is
+// fresh only once n applied R. Else the read saw n's record (put with a
+// live lease), so awaitApplied waited for n, and the wait ended in one of
+// three ways:
 //
 //   - the record held ≥ R: n's watch had applied R (the value is published
 //     only after the store applied it) before A < t;
-//   - the record was deleted: its lease expired before A; by (F2) n stopped
+//   - the record was deleted: n closed (it revoked its lease after its store
+//     stopped answering), or its lease expired before A; by (F2) n stopped
 //     admitting from every tick of that lease before that, and a later
 //     lease's tick puts a record at a revision above the deletion, above R,
 //     so it is fresh only once n applied R;
