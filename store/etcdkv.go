@@ -628,8 +628,11 @@ func (e *etcdKV) deliver(events []*clientv3.Event) {
 		for ; j < len(events) && events[j].Kv.ModRevision == rev; j++ {
 			ev := events[j]
 			k := ev.Kv.Key[len(e.prefix):]
-			if bytes.HasPrefix(k, []byte(nodesPrefix)) {
-				continue // liveness records are not the store's
+			if bytes.HasPrefix(k, []byte(nodesPrefix)) { // liveness records, not the store's
+				if e.live != nil {
+					e.live.observe(string(ev.Kv.Key), ev.Kv.Value, rev, ev.Type == mvccpb.DELETE)
+				}
+				continue
 			}
 			if ev.Type == mvccpb.PUT || ev.Type == mvccpb.DELETE {
 				keys = append(keys, bytes.Clone(k))

@@ -115,6 +115,19 @@ type liveness struct {
 	lease   clientv3.LeaseID // loop goroutine only (and Close after it)
 	freshCh chan struct{}    // closed on the first fresh tick
 	onceF   sync.Once
+
+	// Other nodes' records as this node's watch last saw them; changed is
+	// closed (and replaced) on every change.
+	nmu     sync.Mutex
+	nodes   map[string]nodeState
+	changed chan struct{}
+}
+
+// nodeState is another node's record as the watch delivered it.
+type nodeState struct {
+	applied int64 // its value
+	rev     int64 // the revision of the put or delete
+	deleted bool
 }
 
 func newLiveness(kv *etcdKV, nodeID string, stale time.Duration, now func() time.Time) *liveness {
@@ -123,7 +136,21 @@ func newLiveness(kv *etcdKV, nodeID string, stale time.Duration, now func() time
 	}
 	ttl := int64((stale + time.Second - 1) / time.Second)
 	return &liveness{kv: kv, key: kv.prefix + nodesPrefix + nodeID, stale: stale, margin: stale / 10,
-		ttl: max(ttl, 1), now: now, base: now(), ack: make(chan struct{}, 1), freshCh: make(chan struct{})}
+		ttl: max(ttl, 1), now: now, base: now(), ack: make(chan struct{}, 1), freshCh: make(chan struct{}),
+		nodes: map[string]nodeState{}, changed: make(chan struct{})}
+}
+
+// observe records a change of a node record delivered by the watch.
+func (l *liveness) observe(key string, value []byte, rev int64, deleted bool) {
+	if key == l.key {
+		return
+	}
+	n, _ := strconv.ParseInt(string(value), 10, 64)
+	l.nmu.Lock()
+	l.nodes[key] = nodeState{applied: n, rev: rev, deleted: deleted}
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.nmu.Unlock()
 }
 
 // admitting reports whether the node may admit now: it had a fresh tick
@@ -271,6 +298,9 @@ func (l *liveness) stop() {
 
 // awaitApplied waits until every other live node has applied rev, or its
 // lease ran out, at most max_staleness from now (see the argument above).
+// It reads the records once and then follows them through this node's own
+// watch (a watch per call would start behind and wait for etcd's 100 ms
+// catch-up loop).
 // It returns the nodes that did not answer in time (for a log line).
 func (l *liveness) awaitApplied(rev int64) []string {
 	ctx, cancel := context.WithTimeout(l.kv.ctx, l.stale)
@@ -293,25 +323,33 @@ func (l *liveness) awaitApplied(rev int64) []string {
 			waiting[string(kv.Key)] = true
 		}
 	}
-	from := resp.Header.Revision + 1
-	for len(waiting) > 0 && ctx.Err() == nil {
-		wch := l.kv.cli.Watch(clientv3.WithRequireLeader(ctx), pfx, clientv3.WithPrefix(), clientv3.WithRev(from))
-		for wr := range wch {
-			if wr.Err() != nil {
-				break
-			}
-			for _, ev := range wr.Events {
-				k := string(ev.Kv.Key)
-				if ev.Type == clientv3.EventTypeDelete || appliedAtLeast(ev.Kv.Value, rev) {
-					delete(waiting, k)
-				}
-				from = ev.Kv.ModRevision + 1
-			}
-			if len(waiting) == 0 {
-				return nil
+	// The records' later changes arrive through this node's own watch
+	// (observe): a record that holds ≥ rev, or was deleted after the read.
+	read := resp.Header.Revision
+	for len(waiting) > 0 {
+		l.nmu.Lock()
+		for k := range waiting {
+			if st, ok := l.nodes[k]; ok && (st.applied >= rev || st.deleted && st.rev > read) {
+				delete(waiting, k)
 			}
 		}
+		ch := l.changed
+		l.nmu.Unlock()
+		if len(waiting) == 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return l.names(waiting)
+		}
 	}
+	return nil
+}
+
+// names lists the node ids of the waiting records.
+func (l *liveness) names(waiting map[string]bool) []string {
+	pfx := l.kv.prefix + nodesPrefix
 	var late []string
 	for k := range waiting {
 		late = append(late, k[len(pfx):])

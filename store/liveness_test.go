@@ -163,7 +163,7 @@ func TestEtcdRevokeLatency3Nodes(t *testing.T) {
 	const stale = 2 * time.Second
 	st, _ := livenessCluster(t, srv, 3, stale)
 	enable(t, st[1], "acme")
-	const n = 40
+	const n = 200
 	ids := make([]string, n)
 	for i := range ids {
 		k, _ := mustKey(t, st[1], "acme", fmt.Sprintf("o%d", i), KeyInput{})
