@@ -299,3 +299,47 @@ func TestEtcdFrozenNodeBoundsRevoke(t *testing.T) {
 		t.Fatalf("a revoke waited %v for a closed node", took)
 	}
 }
+
+// TestEtcdStalledWatchStopsAdmitting: a node whose lease stays alive but
+// whose watch has stopped delivering does not acknowledge a revoke, which
+// answers within max_staleness anyway: by then the node no longer admits
+// (its ticks are not fresh), and it admits again, knowing the revoke, once
+// its watch has caught up.
+func TestEtcdStalledWatchStopsAdmitting(t *testing.T) {
+	srv := etcdtest.Shared(t)
+	const stale = 2 * time.Second
+	st, kvs := livenessCluster(t, srv, 2, stale)
+	enable(t, st[1], "acme")
+	k, secret := mustKey(t, st[1], "acme", "alice", KeyInput{})
+	if v := waitVerdict(t, st[0], "acme", secret, VerdictValid); v != VerdictValid {
+		t.Fatalf("node 1: %s", vname(v))
+	}
+	kvs[0].stopWatch()
+	begin := time.Now()
+	if _, err := st[1].RevokeKey("op", "acme", k.ID); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took > stale+500*time.Millisecond || took < stale/2 {
+		t.Fatalf("revoke with a stalled watch on the other node took %v, want about max_staleness %v", took, stale)
+	}
+	if _, v, err := st[0].Verify("acme", secret, st[0].now()); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("node 1 with a stalled watch after the revoke answered: %s %v, want ErrUnavailable", vname(v), err)
+	}
+	kvs[0].wmu.Lock()
+	kvs[0].startWatch(kvs[0].live.applied.Load() + 1)
+	kvs[0].wmu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, v, err := st[0].Verify("acme", secret, st[0].now())
+		if err == nil {
+			if v != VerdictRevoked {
+				t.Fatalf("node 1 caught up: %s", vname(v))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node 1 with its watch back: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
