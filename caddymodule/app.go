@@ -115,6 +115,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			}
 			a.NodeID = id
 		}
+		cfg.NodeID = a.NodeID
 	} else {
 		dir := repl.ReplaceAll(a.Storage, "")
 		if dir == "" {

@@ -38,8 +38,11 @@ type EtcdConfig struct {
 	Prefix string `json:"prefix,omitempty"`
 
 	// MaxStaleness is how long a node cut off from etcd may go on
-	// admitting from what it knows. Default 2s. Every etcd call has this
-	// deadline; a call that misses it fails (503 unavailable).
+	// admitting from what it knows. Default 2s. A node that has not heard
+	// from etcd (lease renewed, watch caught up) for this long answers 503
+	// unavailable until it has; a revoke, rotation without grace, delete
+	// or tenant disable answers once every other live node has applied it,
+	// waiting at most this long. Every etcd call has this deadline too.
 	MaxStaleness caddy.Duration `json:"max_staleness,omitempty"`
 
 	// Username and Password authenticate to an etcd with auth enabled
@@ -120,6 +123,7 @@ func (e *EtcdConfig) storeConfig(repl *caddy.Replacer) store.EtcdConfig {
 	if c.Timeout == 0 {
 		c.Timeout = DefaultMaxStaleness
 	}
+	c.MaxStaleness = c.Timeout // liveness and acknowledged revocation (store/liveness.go)
 	if e.TLS != nil {
 		c.CAFile, c.CertFile, c.KeyFile = repl.ReplaceAll(e.TLS.CA, ""), repl.ReplaceAll(e.TLS.Cert, ""), repl.ReplaceAll(e.TLS.Key, "")
 	}

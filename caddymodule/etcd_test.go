@@ -102,8 +102,10 @@ func TestAppEtcdConfig(t *testing.T) {
 // TestCaddyOnEtcd runs Caddy with api_keys on etcd: a key created through
 // its admin site is admitted by its gateway; a key created and revoked
 // through another node (a store on the same etcd) is admitted, then
-// rejected; usage written by the node is read back; with etcd stopped an
-// admin write and an unknown key answer 503.
+// rejected on the first request after the revoke answered; usage written by
+// the node is read back; with etcd stopped an admin write, an unknown key
+// and, within max_staleness + 1s, a cached key answer 503, and the gateway
+// admits again once etcd is back.
 func TestCaddyOnEtcd(t *testing.T) {
 	srv, err := etcdtest.Start()
 	if err != nil {
@@ -175,7 +177,8 @@ http://127.0.0.1:%[3]d {
 	}
 
 	// Another node on the same etcd and prefix.
-	kv, err := store.OpenEtcd(store.EtcdConfig{Endpoints: []string{srv.Endpoint}, Prefix: "/e2e/"})
+	kv, err := store.OpenEtcd(store.EtcdConfig{Endpoints: []string{srv.Endpoint}, Prefix: "/e2e/",
+		MaxStaleness: time.Second, NodeID: "node-2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +209,10 @@ http://127.0.0.1:%[3]d {
 	if _, err := other.RevokeKey("op", "default", k2.ID); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(s2, 401)
+	// The revoke answered once node-1 had applied it: rejected at once.
+	if r := get(t, gwURL, map[string]string{"X-API-Key": s2}); r.status != 401 {
+		t.Fatalf("key revoked through node 2, first request to node 1 right after: %d %s", r.status, r.body)
+	}
 
 	// Usage: node-1's flusher writes its own record; the usage endpoint
 	// reads it (and would sum other nodes').
@@ -236,6 +242,18 @@ http://127.0.0.1:%[3]d {
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("answers with etcd stopped took %v", took)
 	}
+	// A cached key too, within max_staleness (1s) + 1s of etcd stopping.
+	for {
+		begin := time.Now()
+		r := get(t, gwURL, map[string]string{"X-API-Key": secret})
+		if r.status == 503 && r.code() == "unavailable" {
+			break
+		}
+		if late := begin.Sub(start); r.status != 200 || late > 2*time.Second {
+			t.Fatalf("cached key %v after etcd stopped: %d %s", late, r.status, r.body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err := srv.Resume(); err != nil {
 		t.Fatal(err)
 	}
@@ -250,4 +268,5 @@ http://127.0.0.1:%[3]d {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	waitStatus(secret, 200) // admits again
 }

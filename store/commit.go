@@ -77,7 +77,10 @@ import (
 //
 // Across nodes the same holds once the watch has delivered the commit; a
 // node that cannot know what changed (a compacted watch, a reconnection
-// gap) calls ReloadAll, which drops every cached verification at once.
+// gap) calls ReloadAll, which drops every cached verification at once. On
+// etcd with max_staleness an ending commit answers only once every other
+// live node has applied it, and a node cut off stops admitting: the
+// argument for every node is in liveness.go.
 type commit struct {
 	b  Batch
 	fx effects
@@ -156,7 +159,13 @@ func (s *Store) commit(c *commit) error {
 		return nil
 	}
 	s.local.add(&c.b)
-	err := s.kv.Apply(&c.b, true)
+	var rev int64
+	var err error
+	if s.live != nil {
+		rev, err = s.live.applyRev(&c.b)
+	} else {
+		err = s.kv.Apply(&c.b, true)
+	}
 	s.local.remove(&c.b)
 	if s.afterCommit != nil {
 		s.afterCommit(&c.b, &c.fx, err)
@@ -168,8 +177,19 @@ func (s *Store) commit(c *commit) error {
 		return fmt.Errorf("store write: %w", err)
 	}
 	s.applyEffects(&c.fx)
+	if rev != 0 && c.fx.ending() {
+		// Other nodes (liveness.go): answer once they applied it.
+		if late := s.live.awaitApplied(rev); len(late) > 0 {
+			s.log.Errorf("store: nodes %v did not acknowledge revision %d within max_staleness; they stop admitting by then", late, rev)
+		}
+	}
 	return nil
 }
+
+// ending reports whether a commit stops something admitting (a secret's
+// end, or a tenant write such as a disable): across nodes, such a commit
+// answers only once the other nodes have applied it (liveness.go).
+func (fx *effects) ending() bool { return len(fx.ends) > 0 || len(fx.tenants) > 0 }
 
 // uncertain is fx for a write that may or may not have committed: what it
 // ended, how many keys it added and which it deleted are read back, as for

@@ -38,6 +38,16 @@ type EtcdConfig struct {
 	Merge MergeFunc
 	// Logger receives diagnostics (nil: none).
 	Logger Logger
+	// MaxStaleness, when positive, turns on the cross-node guarantee
+	// (liveness.go): the node keeps a lease and publishes what it has
+	// applied under nodes/NodeID, stops admitting when it has not heard
+	// from etcd for MaxStaleness, and ending writes wait (at most
+	// MaxStaleness) for the other nodes to apply them.
+	MaxStaleness time.Duration
+	// NodeID names this node's liveness record; unique per node.
+	NodeID string
+	// Now is the clock of the liveness deadline (nil: time.Now).
+	Now func() time.Time
 }
 
 // DefaultEtcdPrefix namespaces keygate's keys in a shared etcd.
@@ -104,6 +114,8 @@ type etcdKV struct {
 	loopCancel context.CancelFunc
 	loopDone   chan struct{}
 
+	live *liveness // nil without MaxStaleness
+
 	// own holds the revisions of this node's commits whose keys Apply has
 	// delivered already, so that the watch does not deliver them again.
 	omu sync.Mutex
@@ -159,6 +171,10 @@ func openEtcd(cfg EtcdConfig) (*etcdKV, error) {
 		return nil, fmt.Errorf("%w: etcd %v: %v", ErrUnavailable, cfg.Endpoints, err)
 	}
 	kv.openRev = resp.Header.Revision
+	if cfg.MaxStaleness > 0 {
+		kv.live = newLiveness(kv, cfg.NodeID, cfg.MaxStaleness, cfg.Now)
+		kv.live.applied.Store(kv.openRev)
+	}
 	return kv, nil
 }
 
@@ -282,11 +298,18 @@ func (e *etcdKV) collapse(b *Batch) []*etcdOp {
 func (e *etcdKV) batchLimits() (ops, bytes int) { return etcdDefaultMaxTxnOps, etcdDefaultMaxRequest }
 
 func (e *etcdKV) Apply(b *Batch, _ bool) error {
+	_, err := e.applyRev(b)
+	return err
+}
+
+// applyRev is Apply that also returns the commit's revision (0: the batch
+// changed nothing).
+func (e *etcdKV) applyRev(b *Batch) (int64, error) {
 	if b.Len() == 0 {
-		return nil
+		return 0, nil
 	}
 	if e.closed.Load() {
-		return ErrClosed
+		return 0, ErrClosed
 	}
 	ops := e.collapse(b)
 	var merges []*etcdOp
@@ -298,11 +321,11 @@ func (e *etcdKV) Apply(b *Batch, _ bool) error {
 	var rev int64
 	for attempt := 0; ; attempt++ {
 		if attempt == etcdMergeRetries {
-			return fmt.Errorf("%w: etcd txn: merged keys kept changing (%d attempts)", ErrUnavailable, attempt)
+			return 0, fmt.Errorf("%w: etcd txn: merged keys kept changing (%d attempts)", ErrUnavailable, attempt)
 		}
 		ok, r, err := e.commit(ops, merges)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if ok {
 			rev = r
@@ -323,7 +346,20 @@ func (e *etcdKV) Apply(b *Batch, _ bool) error {
 			w(keys)
 		}
 	}
-	return nil
+	return rev, nil
+}
+
+// admitting reports whether this node may admit (liveness.go); always
+// without MaxStaleness.
+func (e *etcdKV) admitting() bool { return e.live == nil || e.live.admitting() }
+
+// awaitApplied waits, bounded by MaxStaleness, until every other live node
+// has applied rev (liveness.go); it returns the nodes that did not.
+func (e *etcdKV) awaitApplied(rev int64) []string {
+	if e.live == nil || rev == 0 {
+		return nil
+	}
+	return e.live.awaitApplied(rev)
 }
 
 // commit runs one attempt of a batch: it reads the merged keys, then
@@ -444,6 +480,13 @@ func (e *etcdKV) Watch(fn func(keys [][]byte)) {
 	if !e.started && !e.closed.Load() {
 		e.started = true
 		e.startWatch(e.openRev + 1)
+		if e.live != nil {
+			e.live.start()
+			select { // the first fresh tick, so that the store admits at once
+			case <-e.live.freshCh:
+			case <-time.After(e.timeout):
+			}
+		}
 	}
 }
 
@@ -517,6 +560,9 @@ func (e *etcdKV) watchLoop(ctx context.Context, from int64) {
 			// The watch from cur+1 misses nothing committed after cur;
 			// what was committed up to cur the store reads afresh now.
 			e.reset()
+			if e.live != nil {
+				e.live.advance(cur, true)
+			}
 			continue
 		}
 		from = next
@@ -558,6 +604,9 @@ func (e *etcdKV) watch(ctx context.Context, from int64) (next int64, compacted b
 		}
 		if resp.IsProgressNotify() {
 			next = max(next, resp.Header.Revision+1)
+			if e.live != nil {
+				e.live.advance(resp.Header.Revision, false)
+			}
 			continue
 		}
 		e.deliver(resp.Events)
@@ -577,8 +626,16 @@ func (e *etcdKV) deliver(events []*clientv3.Event) {
 		j := i
 		var keys [][]byte
 		for ; j < len(events) && events[j].Kv.ModRevision == rev; j++ {
-			if ev := events[j]; ev.Type == mvccpb.PUT || ev.Type == mvccpb.DELETE {
-				keys = append(keys, bytes.Clone(ev.Kv.Key[len(e.prefix):]))
+			ev := events[j]
+			k := ev.Kv.Key[len(e.prefix):]
+			if bytes.HasPrefix(k, []byte(nodesPrefix)) { // liveness records, not the store's
+				if e.live != nil {
+					e.live.observe(string(ev.Kv.Key), ev.Kv.Value, rev, ev.Type == mvccpb.DELETE)
+				}
+				continue
+			}
+			if ev.Type == mvccpb.PUT || ev.Type == mvccpb.DELETE {
+				keys = append(keys, bytes.Clone(k))
 			}
 		}
 		i = j
@@ -590,11 +647,13 @@ func (e *etcdKV) deliver(events []*clientv3.Event) {
 			}
 		}
 		e.omu.Unlock()
-		if mine || ws == nil || len(keys) == 0 {
-			continue
+		if !mine && ws != nil && len(keys) > 0 {
+			for _, w := range *ws {
+				w(keys)
+			}
 		}
-		for _, w := range *ws {
-			w(keys)
+		if e.live != nil { // the store has applied rev: publish it
+			e.live.advance(rev, !mine && len(keys) > 0)
 		}
 	}
 }
@@ -603,6 +662,9 @@ func (e *etcdKV) deliver(events []*clientv3.Event) {
 func (e *etcdKV) Close() error {
 	if !e.closed.CompareAndSwap(false, true) {
 		return nil
+	}
+	if e.live != nil {
+		e.live.stop()
 	}
 	e.cancel()
 	e.wmu.Lock()
@@ -632,4 +694,5 @@ var (
 	_ KV            = (*etcdKV)(nil)
 	_ watchResetter = (*etcdKV)(nil)
 	_ batchLimiter  = (*etcdKV)(nil)
+	_ livenessKV    = (*etcdKV)(nil)
 )

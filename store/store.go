@@ -169,6 +169,8 @@ type Store struct {
 	cmu       sync.Mutex
 	keyCounts map[string]int // tenant → keys, filled lazily
 
+	live livenessKV // a shared KV's liveness (etcd); nil on Pebble
+
 	closeOnce sync.Once
 	stop      chan struct{}
 	flushDone chan struct{}
@@ -234,6 +236,9 @@ func Open(opts Options) (*Store, error) {
 		decorate: opts.Decorate,
 		stop:     make(chan struct{}),
 		nodeID:   opts.NodeID,
+	}
+	if l, ok := kv.(livenessKV); ok {
+		s.live = l
 	}
 	s.retention = opts.EventRetention
 	s.hot.Store(&hotState{enabled: map[string]bool{}, groups: map[groupKey]*GroupView{}}) // init loads it

@@ -226,6 +226,9 @@ func (s *Store) CacheMetrics() (hits, misses uint64) {
 // the store at most once on a miss. The error is non-nil only when the store
 // failed: the caller must fail closed.
 func (s *Store) Verify(tenant, secret string, now time.Time) (*KeyView, Verdict, error) {
+	if s.live != nil && !s.live.admitting() {
+		return nil, VerdictInvalid, errStale // cut off from etcd (liveness.go)
+	}
 	var h SecretHash
 	if WellFormed(KeyPrefix, secret) {
 		h = s.hasher.hash(secret)
