@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -99,8 +100,12 @@ func enableAndCreate(t *testing.T, c *client, name, owner string) keyAndSecret {
 // 200. A request sent on a kept-alive connection that the old server closed
 // fails before any answer: the client retries it (as browsers and Go's
 // transport do for GET), and those retries are counted separately. The load
-// uses POST so that Go's transport does not hide them by retrying itself; an
-// error on a fresh connection, or any non-200 answer, is a failure.
+// uses POST so that Go's transport does not hide them by retrying itself.
+// Any non-200 answer is a failure. So is an error on a fresh connection,
+// with one exception the gateway cannot prevent: Caddy binds with
+// SO_REUSEPORT, and Linux resets the connections still queued on the old
+// config's socket when it closes (an EOF before any answer). Those are
+// retried too and counted apart; more than a handful fails the test.
 func TestReloadUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the keygate binary; skipped with -short")
@@ -109,7 +114,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	s, p, c := startSite(t, "reload")
 	ks := enableAndCreate(t, c, "reload load", "load")
 
-	var ok, retried, failed atomic.Int64
+	var ok, retried, queueResets, failed atomic.Int64
 	var mu sync.Mutex
 	var failures, retries []string
 	stop := make(chan struct{})
@@ -129,8 +134,14 @@ func TestReloadUnderLoad(t *testing.T) {
 				}
 				// POST: Go's transport would retry a GET itself, unseen.
 				status, code, reused, err := postThrough(lc, ks.Secret)
-				for try := 0; err != nil && reused && try < 3; try++ {
-					retried.Add(1)
+				for try := 0; err != nil && try < 3; try++ {
+					if reused {
+						retried.Add(1)
+					} else if isQueueReset(err) {
+						queueResets.Add(1)
+					} else {
+						break
+					}
 					mu.Lock()
 					if len(retries) < 5 {
 						retries = append(retries, err.Error())
@@ -190,6 +201,10 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	if failed.Load() > 0 {
 		t.Errorf("%d requests failed across reloads, e.g. %s", failed.Load(), strings.Join(failures, "; "))
+	}
+	t.Logf("%d fresh connections reset by a closing socket's accept queue (retried)", queueResets.Load())
+	if queueResets.Load() > 5 {
+		t.Errorf("%d fresh connections reset across %d reloads: more than the accept-queue race explains", queueResets.Load(), reloads)
 	}
 	if ok.Load() < 100 {
 		t.Errorf("only %d requests got through: the load did not run", ok.Load())
@@ -308,4 +323,11 @@ func TestCLI(t *testing.T) {
 	if !errors.As(err, &exit) || !strings.Contains(errOut, "Error:") {
 		t.Fatalf("second revoke: %v, stderr %q", err, errOut)
 	}
+}
+
+// isQueueReset reports the error of a request whose fresh connection was
+// reset before any answer (EOF or ECONNRESET), as happens to connections
+// queued on a SO_REUSEPORT socket that a reload closes.
+func isQueueReset(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
