@@ -353,6 +353,12 @@ func (e *etcdKV) applyRev(b *Batch) (int64, error) {
 // without MaxStaleness.
 func (e *etcdKV) admitting() bool { return e.live == nil || e.live.admitting() }
 
+func (e *etcdKV) onLost(fn func()) {
+	if e.live != nil {
+		e.live.onLost.Store(&fn)
+	}
+}
+
 // awaitApplied waits, bounded by MaxStaleness, until every other live node
 // has applied rev (liveness.go); it returns the nodes that did not.
 func (e *etcdKV) awaitApplied(rev int64) []string {

@@ -176,6 +176,8 @@ func (s *Store) AdmitsUntil(v *KeyView, now time.Time) (until time.Time, code st
 		code = "invalid_key"
 	}
 	switch {
+	case s.live != nil && !s.live.admitting():
+		return time.Time{}, "unavailable", false // cut off from etcd (liveness.go)
 	case !s.TenantEnabled(v.Tenant):
 		return time.Time{}, "api_keys_disabled", false
 	case !until.IsZero() && !now.Before(until):

@@ -116,6 +116,12 @@ type liveness struct {
 	freshCh chan struct{}    // closed on the first fresh tick
 	onceF   sync.Once
 
+	// onLost is called (from watchLost's goroutine) each time the node
+	// stops admitting, so that requests it admitted earlier and that are
+	// still running end too (the store tells its subscribers).
+	onLost   atomic.Pointer[func()]
+	lostDone chan struct{}
+
 	// Other nodes' records as this node's watch last saw them; changed is
 	// closed (and replaced) on every change.
 	nmu     sync.Mutex
@@ -200,8 +206,35 @@ func (l *liveness) start() {
 		return
 	}
 	ctx, cancel := context.WithCancel(l.kv.ctx)
-	l.cancel, l.done = cancel, make(chan struct{})
+	l.cancel, l.done, l.lostDone = cancel, make(chan struct{}), make(chan struct{})
 	go l.loop(ctx)
+	go l.watchLost(ctx)
+}
+
+// watchLost calls onLost when the node stops admitting. It polls the
+// deadline (an atomic load) every max_staleness/20, on its own goroutine so
+// that a tick blocked on an unreachable etcd cannot delay it: running
+// requests end within max_staleness/20 of the deadline, itself a tenth of
+// max_staleness before the lease could expire.
+func (l *liveness) watchLost(ctx context.Context) {
+	defer close(l.lostDone)
+	t := time.NewTicker(max(l.stale/20, 5*time.Millisecond))
+	defer t.Stop()
+	was := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := l.admitting()
+		if was && !now {
+			if f := l.onLost.Load(); f != nil {
+				(*f)()
+			}
+		}
+		was = now
+	}
 }
 
 func (l *liveness) loop(ctx context.Context) {
@@ -289,6 +322,7 @@ func (l *liveness) stop() {
 	}
 	l.cancel()
 	<-l.done
+	<-l.lostDone
 	if l.lease != 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), l.kv.timeout)
 		_, _ = l.kv.cli.Revoke(ctx, l.lease)
@@ -372,6 +406,8 @@ type livenessKV interface {
 	admitting() bool
 	// awaitApplied waits for the other nodes to apply rev (bounded).
 	awaitApplied(rev int64) []string
+	// onLost registers fn, called each time this node stops admitting.
+	onLost(fn func())
 }
 
 // errStale is Verify's error while the node is cut off from etcd.

@@ -198,10 +198,22 @@ func TestEtcdStoppedEveryNodeStopsAdmitting(t *testing.T) {
 	st, _ := livenessCluster(t, srv, 3, stale)
 	enable(t, st[0], "acme")
 	_, secret := mustKey(t, st[0], "acme", "alice", KeyInput{})
+	views := make([]*KeyView, len(st))
+	told := make([]chan time.Time, len(st)) // when each node's subscribers heard All
 	for i, s := range st {
 		if v := waitVerdict(t, s, "acme", secret, VerdictValid); v != VerdictValid {
 			t.Fatalf("node %d: %s", i+1, vname(v))
 		}
+		view, _, err := s.Verify("acme", secret, s.now())
+		mustNil(t, err)
+		views[i] = view
+		ch := make(chan time.Time, 8)
+		told[i] = ch
+		s.Subscribe(func(inv Invalidation) {
+			if inv.All {
+				ch <- time.Now()
+			}
+		})
 	}
 	srv.Pause()
 	paused := time.Now()
@@ -219,6 +231,22 @@ func TestEtcdStoppedEveryNodeStopsAdmitting(t *testing.T) {
 				t.Fatalf("node %d admitted in a Verify that started %v after etcd stopped (max_staleness %v)", i+1, late, stale)
 			}
 			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// Requests a node admitted before and still running end too: its
+	// subscribers (the gateway's stream registry) are told, and AdmitsUntil
+	// no longer admits.
+	for i, s := range st {
+		select {
+		case at := <-told[i]:
+			if late := at.Sub(paused); late > stale+time.Second {
+				t.Errorf("node %d told its subscribers %v after etcd stopped (max_staleness %v)", i+1, late, stale)
+			}
+		case <-time.After(stale + 2*time.Second):
+			t.Fatalf("node %d never told its subscribers that it stopped admitting", i+1)
+		}
+		if _, code, ok := s.AdmitsUntil(views[i], s.now()); ok || code != "unavailable" {
+			t.Errorf("node %d: AdmitsUntil while cut off = %v %q, want false unavailable", i+1, ok, code)
 		}
 	}
 	if err := srv.Resume(); err != nil {

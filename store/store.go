@@ -239,6 +239,9 @@ func Open(opts Options) (*Store, error) {
 	}
 	if l, ok := kv.(livenessKV); ok {
 		s.live = l
+		// Cut off from etcd: requests this node admitted before and that
+		// are still running stop too (AdmitsUntil answers unavailable).
+		l.onLost(func() { s.notify(&effects{all: true}) })
 	}
 	s.retention = opts.EventRetention
 	s.hot.Store(&hotState{enabled: map[string]bool{}, groups: map[groupKey]*GroupView{}}) // init loads it
