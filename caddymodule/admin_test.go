@@ -1,10 +1,7 @@
 package caddymodule
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -45,19 +42,7 @@ http://127.0.0.1:%[3]d {
 	api := fmt.Sprintf("http://127.0.0.1:%d", adm)
 	call := func(method, path, token, body string) (int, map[string]any) {
 		t.Helper()
-		req, _ := http.NewRequest(method, api+path, bytes.NewBufferString(body))
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(resp.Body)
-		var out map[string]any
-		_ = json.Unmarshal(raw, &out)
-		return resp.StatusCode, out
+		return adminRequest(t, api, method, path, token, body)
 	}
 	if code, _ := call("GET", "/v1/me", "", ""); code != 401 {
 		t.Fatalf("no token: %d", code)

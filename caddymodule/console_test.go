@@ -292,12 +292,10 @@ func (b *browser) checkNames(where string) {
 // apiCall is a REST call to the admin API for setting up and checking.
 func apiCall(t *testing.T, base, method, path, token, body string) map[string]any {
 	t.Helper()
-	r := doBody(t, method, base+path, map[string]string{"Authorization": "Bearer " + token}, body)
-	if r.status >= 300 {
-		t.Fatalf("%s %s: %d %s", method, path, r.status, r.body)
+	status, out := adminRequest(t, base, method, path, token, body)
+	if status >= 300 {
+		t.Fatalf("%s %s: %d %v", method, path, status, out)
 	}
-	var out map[string]any
-	_ = json.Unmarshal(r.body, &out)
 	return out
 }
 

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -148,17 +146,7 @@ http://127.0.0.1:%[3]d {
 	api := fmt.Sprintf("http://127.0.0.1:%d", adm)
 	call := func(method, path, body string) (int, map[string]any) {
 		t.Helper()
-		req, _ := http.NewRequest(method, api+path, bytes.NewBufferString(body))
-		req.Header.Set("Authorization", "Bearer "+op)
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(resp.Body)
-		var out map[string]any
-		_ = json.Unmarshal(raw, &out)
-		return resp.StatusCode, out
+		return adminRequest(t, api, method, path, op, body)
 	}
 	if code, out := call("PATCH", "/v1/tenants/default/settings", `{"api_keys_enabled": true}`); code != 200 {
 		t.Fatalf("enable: %d %v", code, out)

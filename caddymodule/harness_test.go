@@ -298,3 +298,17 @@ func newKey(t testing.TB, st *store.Store, tenant string, in store.KeyInput) (*s
 	}
 	return k, secret
 }
+
+// adminRequest calls the admin REST API at base with token (none when "")
+// and returns the status and the decoded JSON answer (nil when it is not).
+func adminRequest(t testing.TB, base, method, path, token, body string) (int, map[string]any) {
+	t.Helper()
+	hdr := map[string]string{}
+	if token != "" {
+		hdr["Authorization"] = "Bearer " + token
+	}
+	r := doBody(t, method, base+path, hdr, body)
+	var out map[string]any
+	_ = json.Unmarshal(r.body, &out)
+	return r.status, out
+}
