@@ -22,7 +22,10 @@ import (
 // key (one of them cached before the kill) gets 401 key_revoked, the
 // rotated-out secret 401, the new key and the new secret 200; and a revoke
 // through node 1 after the restart waits for node 3 again (it is back in
-// the set that acknowledges) and node 3 rejects that key at once.
+// the set that acknowledges) and node 3 rejects that key at once. Last,
+// node 3 is killed and restarted at once, while its old lease lives: a
+// revoke right after is rejected by it, and the old lease's expiry leaves
+// the new process's record in place.
 func TestThreeNodesKillRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs three keygate processes and etcd; skipped with -short")
@@ -71,6 +74,28 @@ func TestThreeNodesKillRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		return r.Count > 0
+	}
+	// node3Lease is the lease of node 3's record (0: no record).
+	node3Lease := func() clientv3.LeaseID {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := etcd.Get(ctx, prefix+"nodes/node3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Kvs) == 0 {
+			return 0
+		}
+		return clientv3.LeaseID(r.Kvs[0].Lease)
+	}
+	leaseAlive := func(id clientv3.LeaseID) bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := etcd.TimeToLive(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.TTL > 0
 	}
 	if !node3Record() {
 		t.Fatal("node 3's liveness record vanished with the process: its lease should outlive it (the revoke below would not wait)")
@@ -160,6 +185,52 @@ func TestThreeNodesKillRestart(t *testing.T) {
 	mustAPI(t, c1, "POST", tenantPath+"/keys/"+later.Key.ID+"/revoke", nil, nil)
 	t.Logf("revoke through node 1 with node 3 back: %v", time.Since(t0).Round(time.Millisecond))
 	wantAnswer(t, c3, later.Secret, http.StatusUnauthorized, "key_revoked")
+
+	// Killed and restarted at once, while its old lease still lives: the
+	// new process takes over the record (a put with its own lease), so the
+	// old lease's expiry later deletes nothing, and a revoke through node 1
+	// right after the restart is answered once the new process applied it.
+	wantAnswer(t, c3, rot.Secret, http.StatusOK, "")
+	oldLease := node3Lease()
+	if oldLease == 0 {
+		t.Fatal("the restarted node 3 has no liveness record")
+	}
+	p3.kill()
+	start = time.Now()
+	if p3, err = s3.start(keygateBinary(t), "node3-restarted-again"); err != nil {
+		t.Fatal(err)
+	}
+	c3.close()
+	if err := c3.waitReady(p3, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ready = time.Since(start)
+	t0 = time.Now()
+	mustAPI(t, c1, "POST", tenantPath+"/keys/"+rotated.Key.ID+"/revoke", nil, nil)
+	revoke3 := time.Since(t0)
+	wantAnswer(t, c3, rot.Secret, http.StatusUnauthorized, "key_revoked")
+	wantAnswer(t, c3, fresh.Secret, http.StatusOK, "")
+	t.Logf("node 3 killed and restarted at once: answering %v after the start; revoke through node 1 then %v",
+		ready.Round(time.Millisecond), revoke3.Round(time.Millisecond))
+	if revoke3 > stale+time.Second {
+		t.Errorf("the revoke took %v with every node up, more than max_staleness (%v) + 1s", revoke3, stale)
+	}
+	// Once the old lease has expired, node 3's record is still there (it is
+	// the new process's), and node 3 still acknowledges.
+	deadline = time.Now().Add(stale + 2*time.Second)
+	for leaseAlive(oldLease) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if leaseAlive(oldLease) {
+		t.Fatalf("node 3's old lease still alive %v after the kill", time.Since(start).Round(time.Millisecond))
+	}
+	if l := node3Lease(); l == 0 || l == oldLease {
+		t.Fatalf("after the old lease expired node 3's record has lease %x (old %x): the restarted node's record is gone", l, oldLease)
+	}
+	t0 = time.Now()
+	mustAPI(t, c2, "POST", tenantPath+"/keys/"+fresh.Key.ID+"/revoke", nil, nil)
+	t.Logf("revoke through node 2 after node 3's old lease expired: %v", time.Since(t0).Round(time.Millisecond))
+	wantAnswer(t, c3, fresh.Secret, http.StatusUnauthorized, "key_revoked")
 }
 
 // wantAnswer sends one request with secret through c's gateway and checks
