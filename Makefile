@@ -59,7 +59,8 @@ screenshots:
 # Crash durability (cmd/keygate-crash): kill -9 $(BIN) at random moments
 # under concurrent admin API writes, restart it on the same store and check
 # every acknowledged change; 20 crashes, about 30 s. CRASH_FLAGS=--seed N
-# replays a run.
+# replays a run; CRASH_FLAGS="--etcd --kill-etcd-every 5" runs it on an etcd
+# started on loopback (etcd on PATH).
 CRASH_FLAGS ?=
 .PHONY: test-crash
 test-crash: build

@@ -23,6 +23,9 @@ type config struct {
 	MinDelay   time.Duration // kill -9 after a delay in [MinDelay, MaxDelay)
 	MaxDelay   time.Duration
 	Logf       func(format string, args ...any) // progress lines
+	// Etcd, when set, keeps the keys in etcd (keygate's etcd mode) instead
+	// of a Pebble store under Dir.
+	Etcd *etcdCluster
 }
 
 // result of a crash run.
@@ -36,13 +39,33 @@ type result struct {
 	LostCreate int    // creates without an answer (the key may or may not exist)
 	Refused    int    // 4xx answers (nothing changed)
 	ByKind     string // the acknowledged changes by kind
-	Violations []string
+	EtcdKills  int    // iterations that killed the etcd server too
+	// Restarts is how long each restart took until keygate answered, and
+	// Checking how long the check after it took.
+	Restarts, Checking []time.Duration
+	Violations         []string
 }
 
 func (r *result) Summary(iterations int) string {
-	return fmt.Sprintf("crash test: %d/%d iterations passed, %d acknowledged changes verified "+
-		"(%s, 1 settings; %d keys; %d checks; %d changes in flight at the kills, %d of them on known keys settled either way)",
-		r.Passed, iterations, r.Acked, r.ByKind, r.Keys, r.Checks, r.InFlight, r.Resolved)
+	etcd := ""
+	if r.EtcdKills > 0 {
+		etcd = fmt.Sprintf(", %d of them with etcd killed too", r.EtcdKills)
+	}
+	return fmt.Sprintf("crash test: %d/%d iterations passed%s, %d acknowledged changes verified "+
+		"(%s, 1 settings; %d keys; %d checks; %d changes in flight at the kills, %d of them on known keys settled either way); "+
+		"restart until answering %s, check after it %s",
+		r.Passed, iterations, etcd, r.Acked, r.ByKind, r.Keys, r.Checks, r.InFlight, r.Resolved,
+		spread(r.Restarts), spread(r.Checking))
+}
+
+// spread is "median m, max x" of durations.
+func spread(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return fmt.Sprintf("median %v, max %v", s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond))
 }
 
 const tenantPath = "/v1/tenants/default"
@@ -403,6 +426,9 @@ func run(cfg config) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if e := cfg.Etcd; e != nil {
+		s.Etcd = &etcdStorage{Endpoint: e.Endpoint, Prefix: e.Prefix, NodeID: "crash"}
+	}
 	if err := s.WriteConfig(); err != nil {
 		return nil, err
 	}
@@ -444,6 +470,7 @@ func run(cfg config) (*result, error) {
 	}
 
 	check := func(c *client, it int) bool {
+		defer func(t0 time.Time) { res.Checking = append(res.Checking, time.Since(t0)) }(time.Now())
 		v := &verifier{c: c}
 		if settingsAcked {
 			v.verifySettings()
@@ -478,6 +505,7 @@ func run(cfg config) (*result, error) {
 				return res, errViolation
 			}
 			res.Passed++
+			res.Restarts = append(res.Restarts, took)
 			logf("  restart %d: up in %v, %d keys verified", it-1, took.Round(time.Millisecond), countKeys(workers))
 		}
 		if !settingsAcked {
@@ -508,9 +536,22 @@ func run(cfg config) (*result, error) {
 			delay += time.Duration(rng.Int64N(int64(cfg.MaxDelay - cfg.MinDelay)))
 		}
 		time.Sleep(delay)
+		// In etcd mode, some iterations kill the etcd server first, with
+		// writes in flight, then keygate; etcd restarts on its data.
+		killEtcd := cfg.Etcd.killsAt(it)
+		if killEtcd {
+			cfg.Etcd.Server.Pause()
+		}
 		stop.Store(true)
 		p.kill()
 		wg.Wait()
+		if killEtcd {
+			res.EtcdKills++
+			if err := cfg.Etcd.Server.Resume(); err != nil {
+				c.close()
+				return res, fmt.Errorf("iteration %d: %w", it, err)
+			}
+		}
 		c.close()
 		inFlight := 0
 		for _, w := range workers {
@@ -522,8 +563,12 @@ func run(cfg config) (*result, error) {
 			w.errs = nil
 		}
 		res.InFlight += inFlight
-		logf("iteration %d/%d: kill -9 after %v: %d changes acknowledged, %d in flight",
-			it, cfg.Iterations, delay.Round(time.Millisecond), totalAcked(workers)-before, inFlight)
+		also := ""
+		if killEtcd {
+			also = " (etcd first)"
+		}
+		logf("iteration %d/%d: kill -9%s after %v: %d changes acknowledged, %d in flight",
+			it, cfg.Iterations, also, delay.Round(time.Millisecond), totalAcked(workers)-before, inFlight)
 		if len(res.Violations) > 0 {
 			return res, errViolation
 		}
@@ -542,6 +587,7 @@ func run(cfg config) (*result, error) {
 		return res, errViolation
 	}
 	res.Passed++
+	res.Restarts = append(res.Restarts, took)
 	logf("  restart %d: up in %v, %d keys verified", cfg.Iterations, took.Round(time.Millisecond), countKeys(workers))
 	if !graceful {
 		return res, fmt.Errorf("keygate did not stop within 15 s of SIGINT; log:\n%s", p.logTail(30))

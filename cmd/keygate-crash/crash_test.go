@@ -1,10 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/keygate/keygate/store/etcdtest"
 )
 
 // TestCrashShort is `make test-crash` in small: 3 kill -9s of the real
@@ -14,13 +21,59 @@ func TestCrashShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the keygate binary (kill -9 and restart); skipped with -short")
 	}
-	bin := keygateBinary(t)
-	seed := uint64(time.Now().UnixNano())
+	runCrash(t, config{
+		Bin: keygateBinary(t), Dir: t.TempDir(), Iterations: 3, Workers: 4,
+		MinDelay: 50 * time.Millisecond, MaxDelay: 800 * time.Millisecond,
+	}, "--iterations 3")
+}
+
+// TestCrashEtcd is the crash test in etcd mode (`keygate-crash --etcd
+// --kill-etcd-every 5`): keygate keeps its keys in an etcd server started
+// here on loopback, which outlives 20 kill -9s of keygate under concurrent
+// admin writes, except every fifth, which kills etcd first (writes in
+// flight) and restarts it on its data. After each restart every
+// acknowledged change is checked, as in Pebble mode.
+func TestCrashEtcd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the keygate binary and etcd (kill -9 and restart); skipped with -short")
+	}
+	srv, err := startEtcd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	const iterations, killEtcdEvery = 20, 5
+	dir, prefix := t.TempDir(), etcdtest.Prefix(t)
+	res := runCrash(t, config{
+		Bin: keygateBinary(t), Dir: dir, Iterations: iterations, Workers: 4,
+		MinDelay: 50 * time.Millisecond, MaxDelay: 300 * time.Millisecond,
+		Etcd: &etcdCluster{Endpoint: srv.Endpoint, Prefix: prefix, Server: srv, KillEvery: killEtcdEvery},
+	}, "--etcd --kill-etcd-every 5 --iterations 20 --max-delay 300ms")
+	if res.EtcdKills != iterations/killEtcdEvery {
+		t.Errorf("etcd was killed in %d iterations, want %d", res.EtcdKills, iterations/killEtcdEvery)
+	}
+	// The keys were in etcd, not in a Pebble store.
+	if _, err := os.Stat(filepath.Join(dir, "keys")); !os.IsNotExist(err) {
+		t.Errorf("a Pebble store was created (%v)", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	got, err := srv.Client(t).Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Count < int64(res.Keys) {
+		t.Errorf("etcd holds %d records under %s, want at least one per key (%d)", got.Count, prefix, res.Keys)
+	}
+}
+
+// runCrash runs the crash test (cfg without Seed and Logf) and fails the
+// test, listing the violations, unless every iteration passed.
+func runCrash(t *testing.T, cfg config, replay string) *result {
+	t.Helper()
+	cfg.Seed, cfg.Logf = uint64(time.Now().UnixNano()), t.Logf
 	start := time.Now()
-	res, err := run(config{
-		Bin: bin, Dir: t.TempDir(), Iterations: 3, Seed: seed, Workers: 4,
-		MinDelay: 50 * time.Millisecond, MaxDelay: 800 * time.Millisecond, Logf: t.Logf,
-	})
+	res, err := run(cfg)
 	if err != nil {
 		if res != nil {
 			for i, v := range res.Violations {
@@ -31,12 +84,13 @@ func TestCrashShort(t *testing.T) {
 				t.Error(v)
 			}
 		}
-		t.Fatalf("seed %d: %v (replay: go run ./cmd/keygate-crash --iterations 3 --seed %d)", seed, err, seed)
+		t.Fatalf("seed %d: %v (replay: go run ./cmd/keygate-crash %s --seed %d)", cfg.Seed, err, replay, cfg.Seed)
 	}
-	t.Logf("%s in %v", res.Summary(3), time.Since(start).Round(time.Millisecond))
-	if res.Passed != 3 || res.Acked < 3 {
+	t.Logf("%s in %v", res.Summary(cfg.Iterations), time.Since(start).Round(time.Millisecond))
+	if res.Passed != cfg.Iterations || res.Acked < cfg.Iterations {
 		t.Fatalf("only %d iterations passed with %d acknowledged changes", res.Passed, res.Acked)
 	}
+	return res
 }
 
 // TestCrashDetectsLoss: the checker reports lost changes (it must not pass

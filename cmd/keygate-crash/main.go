@@ -8,6 +8,13 @@
 //
 //	go run ./cmd/keygate-crash --iterations 20 [--bin bin/keygate] [--seed N]
 //
+// With --etcd the store is etcd instead (SPEC section 7): the tool starts an
+// etcd server on loopback (the etcd binary must be on PATH), keygate runs
+// with an etcd block, and the etcd server outlives the kills, except every
+// --kill-etcd-every-th iteration, which kills it too (first, with writes in
+// flight) and restarts it on its data. --etcd-endpoint uses an existing etcd
+// instead (a fresh prefix under /keygate-crash/; never killed).
+//
 // It exits non-zero, listing what was lost, on any violation. `make
 // test-crash` runs it; TestCrashShort runs 3 iterations in `go test`.
 package main
@@ -24,7 +31,9 @@ import (
 func main() {
 	cfg := config{Logf: func(format string, args ...any) { fmt.Printf(format+"\n", args...) }}
 	var seed int64
-	var keep bool
+	var keep, withEtcd bool
+	var etcdEndpoint string
+	var killEtcdEvery int
 	flag.StringVar(&cfg.Bin, "bin", "", "keygate binary to test (default: build ./cmd/keygate into a temporary directory)")
 	flag.IntVar(&cfg.Iterations, "iterations", 20, "crashes (each followed by a restart and a full check)")
 	flag.Int64Var(&seed, "seed", 0, "random seed for the changes and kill delays (0: from the clock)")
@@ -32,8 +41,12 @@ func main() {
 	flag.DurationVar(&cfg.MinDelay, "min-delay", 50*time.Millisecond, "shortest time before the kill")
 	flag.DurationVar(&cfg.MaxDelay, "max-delay", 800*time.Millisecond, "longest time before the kill")
 	flag.BoolVar(&keep, "keep", false, "keep the scratch directory (store, Caddyfile, logs) even on success")
+	flag.BoolVar(&withEtcd, "etcd", false, "keep the keys in an etcd server started on loopback (etcd on PATH) instead of Pebble")
+	flag.StringVar(&etcdEndpoint, "etcd-endpoint", "", "keep the keys in this existing etcd (host:port), under a fresh prefix")
+	flag.IntVar(&killEtcdEvery, "kill-etcd-every", 0, "with --etcd: every Nth iteration kills the etcd server too (0: never)")
 	flag.Parse()
-	if flag.NArg() > 0 || cfg.Iterations < 1 || cfg.Workers < 1 || cfg.MinDelay < 0 || cfg.MaxDelay < cfg.MinDelay {
+	if flag.NArg() > 0 || cfg.Iterations < 1 || cfg.Workers < 1 || cfg.MinDelay < 0 || cfg.MaxDelay < cfg.MinDelay ||
+		killEtcdEvery < 0 || (withEtcd && etcdEndpoint != "") || (killEtcdEvery > 0 && !withEtcd) {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -58,10 +71,27 @@ func main() {
 	} else if cfg.Bin, err = filepath.Abs(cfg.Bin); err != nil {
 		fatal(err)
 	}
-	fmt.Printf("crash test: %s, %d iterations, %d workers, seed %d, scratch %s\n", cfg.Bin, cfg.Iterations, cfg.Workers, seed, dir)
+	stopEtcd := func() {}
+	switch {
+	case withEtcd:
+		srv, err := startEtcd()
+		if err != nil {
+			fatal(err)
+		}
+		stopEtcd = srv.Stop
+		cfg.Etcd = &etcdCluster{Endpoint: srv.Endpoint, Prefix: runPrefix(cfg.Seed), Server: srv, KillEvery: killEtcdEvery}
+	case etcdEndpoint != "":
+		cfg.Etcd = &etcdCluster{Endpoint: etcdEndpoint, Prefix: runPrefix(cfg.Seed)}
+	}
+	where := "Pebble"
+	if e := cfg.Etcd; e != nil {
+		where = "etcd " + e.Endpoint + " " + e.Prefix
+	}
+	fmt.Printf("crash test: %s on %s, %d iterations, %d workers, seed %d, scratch %s\n", cfg.Bin, where, cfg.Iterations, cfg.Workers, seed, dir)
 
 	start := time.Now()
 	res, err := run(cfg)
+	stopEtcd()
 	if err != nil {
 		if res != nil {
 			for i, v := range res.Violations {

@@ -75,6 +75,30 @@ type site struct {
 	GatewayPrt int    // the api_key site: route { api_key; respond "ok" 200 }
 	// AppOptions are extra lines for the api_keys block (e.g. "disk_reserve 1MiB").
 	AppOptions []string
+	// Etcd, when set, keeps the keys in etcd instead of Pebble under Dir.
+	Etcd *etcdStorage
+}
+
+// etcdStorage is a node's place in an etcd cluster shared by nodes.
+type etcdStorage struct {
+	Endpoint     string        // host:port on loopback
+	Prefix       string        // e.g. /crash-1/; the same on every node of one key space
+	NodeID       string        // unique per node (a restarted node keeps its id)
+	MaxStaleness time.Duration // 0: keygate's default (2s)
+}
+
+// storage is the api_keys lines that say where keys are kept.
+func (s *site) storage() string {
+	e := s.Etcd
+	if e == nil {
+		return "storage " + s.StorePath()
+	}
+	stale := ""
+	if e.MaxStaleness > 0 {
+		stale = "\n\t\t\tmax_staleness " + e.MaxStaleness.String()
+	}
+	return fmt.Sprintf("etcd {\n\t\t\tendpoints %s\n\t\t\tprefix %s%s\n\t\t}\n\t\tnode_id %s",
+		e.Endpoint, e.Prefix, stale, e.NodeID)
 }
 
 func newSite(dir string, withAdmin bool) (*site, error) {
@@ -109,8 +133,8 @@ func (s *site) GatewayURL() string { return fmt.Sprintf("http://127.0.0.1:%d/", 
 func (s *site) AdminAddr() string  { return fmt.Sprintf("127.0.0.1:%d", s.AdminPort) }
 
 // WriteConfig writes the Caddyfile: the admin API site, the gateway site,
-// the key store and Caddy's own storage under Dir, nothing persisted
-// elsewhere, loopback only.
+// the key store (unless in etcd) and Caddy's own storage under Dir, nothing
+// persisted elsewhere, loopback only.
 func (s *site) WriteConfig() error {
 	admin := "admin off"
 	if s.AdminPort != 0 {
@@ -122,7 +146,7 @@ func (s *site) WriteConfig() error {
 	auto_https off
 	storage file_system %s
 	api_keys {
-		storage %s
+		%s
 		flush_interval 1s%s
 	}
 }
@@ -141,7 +165,7 @@ http://127.0.0.1:%d {
 		respond "ok" 200
 	}
 }
-`, admin, filepath.Join(s.Dir, "caddy"), s.StorePath(), appOptions(s.AppOptions), s.APIPort, s.Token, s.GatewayPrt)
+`, admin, filepath.Join(s.Dir, "caddy"), s.storage(), appOptions(s.AppOptions), s.APIPort, s.Token, s.GatewayPrt)
 	if err := os.MkdirAll(filepath.Join(s.Dir, "logs"), 0o755); err != nil {
 		return err
 	}
