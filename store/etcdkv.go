@@ -323,7 +323,7 @@ func (e *etcdKV) applyRev(b *Batch) (int64, error) {
 		if attempt == etcdMergeRetries {
 			return 0, fmt.Errorf("%w: etcd txn: merged keys kept changing (%d attempts)", ErrUnavailable, attempt)
 		}
-		ok, r, err := e.commit(ops, merges)
+		ok, r, err := e.commit(ops, merges, b.expects)
 		if err != nil {
 			return 0, err
 		}
@@ -369,9 +369,13 @@ func (e *etcdKV) awaitApplied(rev int64) []string {
 }
 
 // commit runs one attempt of a batch: it reads the merged keys, then
-// commits every operation in one Txn guarded by their mod revisions. ok is
-// false when one of them changed in between.
-func (e *etcdKV) commit(ops, merges []*etcdOp) (ok bool, rev int64, err error) {
+// commits every operation in one Txn guarded by their mod revisions and by
+// the batch's expectations (a value compare; a create revision of 0 for an
+// absent key). ok is false when a merged key changed in between (the
+// caller retries); a failed expectation is errKVConflict, told apart by
+// the failure branch's reads of the expected keys, made in the same
+// revision as the failed compares.
+func (e *etcdKV) commit(ops, merges []*etcdOp, exps []batchExpect) (ok bool, rev int64, err error) {
 	ctx, cancel := e.callCtx()
 	defer cancel()
 	base := map[string][]byte{}
@@ -394,6 +398,15 @@ func (e *etcdKV) commit(ops, merges []*etcdOp) (ok bool, rev int64, err error) {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(e.key(m.key)), "=", modRev))
 		}
 	}
+	var elseGets []clientv3.Op
+	for _, x := range exps {
+		if x.absent {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(e.key(x.key)), "=", 0))
+		} else {
+			cmps = append(cmps, clientv3.Compare(clientv3.Value(e.key(x.key)), "=", string(x.value)))
+		}
+		elseGets = append(elseGets, clientv3.OpGet(e.key(x.key)))
+	}
 	puts := make([]clientv3.Op, 0, len(ops))
 	for _, op := range ops {
 		switch op.kind {
@@ -405,11 +418,17 @@ func (e *etcdKV) commit(ops, merges []*etcdOp) (ok bool, rev int64, err error) {
 			puts = append(puts, clientv3.OpPut(e.key(op.key), string(op.value)))
 		}
 	}
-	resp, err := e.cli.Txn(ctx).If(cmps...).Then(puts...).Commit()
+	resp, err := e.cli.Txn(ctx).If(cmps...).Then(puts...).Else(elseGets...).Commit()
 	if err != nil {
 		return false, 0, e.fail("txn", err)
 	}
 	if !resp.Succeeded {
+		for i, x := range exps {
+			kvs := resp.Responses[i].GetResponseRange().GetKvs()
+			if x.absent != (len(kvs) == 0) || !x.absent && !bytes.Equal(kvs[0].Value, x.value) {
+				return false, 0, errKVConflict
+			}
+		}
 		return false, 0, nil
 	}
 	// A Txn that changed nothing (only deletes of absent keys, as when
@@ -470,6 +489,26 @@ func (e *etcdKV) Scan(prefix, start []byte, fn func(key, value []byte) bool) err
 		}
 		next = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// count is the number of keys with the prefix, read as one linearizable
+// count-only range (no values cross the network).
+func (e *etcdKV) count(prefix []byte) (int, error) {
+	if e.closed.Load() {
+		return 0, ErrClosed
+	}
+	end := prefixEnd(prefix)
+	endKey := prefixEnd([]byte(e.prefix))
+	if end != nil {
+		endKey = []byte(e.key(end))
+	}
+	ctx, cancel := e.callCtx()
+	defer cancel()
+	resp, err := e.cli.Get(ctx, e.key(prefix), clientv3.WithRange(string(endKey)), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, e.fail("count", err)
+	}
+	return int(resp.Count), nil
 }
 
 // Watch registers fn; the first registration starts watching etcd from the
@@ -692,6 +731,11 @@ func (e *etcdKV) Close() error {
 // watchResetter is implemented by a KV whose watch can miss commits.
 type watchResetter interface{ WatchReset(fn func()) }
 
+// keyCounter is implemented by a KV that counts a range without reading it.
+type keyCounter interface {
+	count(prefix []byte) (int, error)
+}
+
 // batchLimiter is implemented by a KV whose batches are bounded; callers
 // that may split their writes keep each batch within ops and bytes.
 type batchLimiter interface{ batchLimits() (ops, bytes int) }
@@ -700,5 +744,6 @@ var (
 	_ KV            = (*etcdKV)(nil)
 	_ watchResetter = (*etcdKV)(nil)
 	_ batchLimiter  = (*etcdKV)(nil)
+	_ keyCounter    = (*etcdKV)(nil)
 	_ livenessKV    = (*etcdKV)(nil)
 )
