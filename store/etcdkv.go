@@ -116,6 +116,13 @@ type etcdKV struct {
 
 	live *liveness // nil without MaxStaleness
 
+	// streams numbers the watch streams opened; stall (tests only) makes
+	// the stream with that number (-1: every stream) swallow everything it
+	// receives from then on, as a stream that stays open but delivers
+	// nothing would: the silent stall liveness.go's watchdog repairs.
+	streams atomic.Int64
+	stall   atomic.Int64
+
 	// own holds the revisions of this node's commits whose keys Apply has
 	// delivered already, so that the watch does not deliver them again.
 	omu sync.Mutex
@@ -553,6 +560,27 @@ func (e *etcdKV) stopWatch() {
 	}
 }
 
+// restartWatch replaces the watch loop by a new one that resumes after the
+// last revision the store applied (liveness.go's watchdog: the watch
+// stopped delivering although etcd answers). It gives up, leaving the node
+// failed closed, when the old loop does not end within the call timeout
+// (it is inside a store callback): two loops would deliver out of order.
+func (e *etcdKV) restartWatch() bool {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.closed.Load() || e.loopCancel == nil || e.live == nil {
+		return false
+	}
+	e.loopCancel()
+	select {
+	case <-e.loopDone:
+	case <-time.After(e.timeout):
+		return false
+	}
+	e.startWatch(e.live.applied.Load() + 1)
+	return true
+}
+
 // WatchReset registers fn to be called when the watch may have missed
 // commits (compaction): once when that is found, and again once the watch
 // has resumed from the current revision. Until the second call the store
@@ -639,7 +667,12 @@ func (e *etcdKV) watch(ctx context.Context, from int64) (next int64, compacted b
 	ch := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
 		clientv3.WithProgressNotify())
 	next = from
+	stream, stalled := e.streams.Add(1), false
 	for resp := range ch {
+		if st := e.stall.Load(); stalled || st == -1 || st == stream {
+			stalled = true // test hook: this stream delivers nothing more
+			continue
+		}
 		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
 			return next, true
 		}
