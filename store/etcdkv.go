@@ -731,10 +731,27 @@ func (e *etcdKV) deliver(events []*clientv3.Event) {
 			}
 		}
 		if e.live != nil { // the store has applied rev: publish it
-			e.live.advance(rev, !mine && len(keys) > 0)
+			e.live.advance(rev, !mine && mayEnd(keys))
 		}
 	}
 }
+
+// mayEnd reports whether a commit that changed keys can be one another
+// node waits for (Store.commit awaits only commits that end a secret or
+// write a tenant record). Usage, events and meta records never are: another
+// node's usage flush needs no acknowledgement of its own (the next tick
+// publishes it), which keeps the acknowledgement puts from doubling the
+// writes of every flush.
+func mayEnd(keys [][]byte) bool {
+	for _, k := range keys {
+		if !keyHasPrefix(k, pKeyUsage) && !keyHasPrefix(k, pEvent) && !keyHasPrefix(k, pMeta) {
+			return true
+		}
+	}
+	return false
+}
+
+func keyHasPrefix(k []byte, p string) bool { return len(k) >= len(p) && string(k[:len(p)]) == p }
 
 // Close stops the watch and closes the client. Later calls get ErrClosed.
 func (e *etcdKV) Close() error {

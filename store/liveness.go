@@ -78,9 +78,11 @@ import (
 //
 // A node that stops heartbeating (frozen, cut off) thus delays a revoke by
 // at most S, and a node that closes revokes its lease and delays nothing.
-// A node's acknowledgement is a put per applied revision that ended a wait
-// for someone (coalesced: at most one in flight), so its write rate is
-// bounded by its round trips to etcd, plus 4/S heartbeats per second.
+// A node's acknowledgement is a put per applied commit of another node
+// that may end something (mayEnd: not one of usage, events or meta
+// records, which nobody waits for; coalesced: at most one in flight), so
+// its write rate is bounded by its round trips to etcd, plus 4/S
+// heartbeats per second.
 //
 // # Watch stalls (watchdog)
 //

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -449,4 +450,41 @@ func TestEtcdWatchdogRestartsStalledWatch(t *testing.T) {
 		t.Fatalf("%d watch restarts for one stall", n)
 	}
 	t.Logf("node 1 answered 503 to %d Verify calls during the stall", unavailable.Load())
+}
+
+// TestAcknowledgedCommitsMayEnd: every commit that awaits the other nodes'
+// acknowledgement (an ending one) has keys mayEnd accepts, so the nodes
+// acknowledge it; a usage flush's does not, so applying another node's
+// flush costs no acknowledgement put.
+func TestAcknowledgedCommitsMayEnd(t *testing.T) {
+	ending := 0
+	runLifecycle(t, func(t *testing.T, l *lifecycle, st lifecycleStep, c committed) {
+		if c.fx.ending() {
+			ending++
+			if !mayEnd(c.keys) {
+				t.Errorf("an ending commit (%d keys) would not be acknowledged by the other nodes", len(c.keys))
+			}
+		}
+	})
+	if ending == 0 {
+		t.Fatal("no ending commit in the lifecycle")
+	}
+	clk := newClock()
+	s := memStore(t, clk, func(o *Options) { o.NodeID = "n1" })
+	enable(t, s, "acme")
+	var mu sync.Mutex
+	var batches [][][]byte
+	s.kv.Watch(func(keys [][]byte) { mu.Lock(); batches = append(batches, keys); mu.Unlock() })
+	view := &KeyView{ID: "key_1", Tenant: "acme"}
+	s.RecordUse(view, netip.MustParseAddr("192.0.2.1"), OutcomeOK, clk.Now())
+	s.RecordUse(view, netip.MustParseAddr("192.0.2.1"), OutcomeRevoked, clk.Now()) // a denied-requests event too
+	mustNil(t, s.Flush())
+	mu.Lock()
+	defer mu.Unlock()
+	if len(batches) != 1 {
+		t.Fatalf("%d batches for one flush", len(batches))
+	}
+	if mayEnd(batches[0]) {
+		t.Fatalf("a usage flush (%q) would be acknowledged by every other node", batches[0])
+	}
 }
