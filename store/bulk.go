@@ -57,10 +57,24 @@ func (s *Store) CreateKeys(actor, tenant, owner string, inputs []KeyInput) ([]*K
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	trec, err := s.tenantRecord(tenant)
+	var keys []*Key
+	var secrets []string
+	err := s.retryKeyAdds(tenant, func() error {
+		var err error
+		keys, secrets, err = s.createKeys(actor, tenant, owner, inputs)
+		return err
+	})
+	return keys, secrets, err
+}
+
+// createKeys is one attempt of CreateKeys (keyadds.go); the caller holds
+// wmu.
+func (s *Store) createKeys(actor, tenant, owner string, inputs []KeyInput) ([]*Key, []string, error) {
+	ka, err := s.readKeyAdds(tenant)
 	if err != nil {
 		return nil, nil, err
 	}
+	trec := ka.trec
 	st := &trec.Settings
 	if !st.APIKeysEnabled {
 		return nil, nil, &Error{Kind: KindDisabled, Code: "api_keys_disabled", Message: fmt.Sprintf("API keys are disabled for tenant %q", tenant)}
@@ -77,7 +91,7 @@ func (s *Store) CreateKeys(actor, tenant, owner string, inputs []KeyInput) ([]*K
 		return nil, nil, err
 	}
 	n := len(inputs)
-	count, err := s.countTenantKeys(tenant)
+	count, err := s.countKeysNow(tenant)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -93,8 +107,9 @@ func (s *Store) CreateKeys(actor, tenant, owner string, inputs []KeyInput) ([]*K
 	}
 
 	c := newCommit()
-	c.b.ops = make([]batchOp, 0, n*8)
+	c.b.ops = make([]batchOp, 0, n*8+1)
 	c.fx.secrets = make([]SecretHash, 0, n)
+	ka.guard(c)
 	recs := make([]*keyRecord, n)
 	secrets := make([]string, n)
 	for i := range inputs {

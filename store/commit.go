@@ -170,6 +170,11 @@ func (s *Store) commit(c *commit) error {
 	if s.afterCommit != nil {
 		s.afterCommit(&c.b, &c.fx, err)
 	}
+	if errors.Is(err, errKVConflict) {
+		// An expectation failed (keyadds.go): nothing was written, so
+		// there is nothing to apply; the caller reads again.
+		return fmt.Errorf("store write: %w", err)
+	}
 	if err != nil {
 		fx := c.fx.uncertain()
 		s.resolveForeign(&fx)

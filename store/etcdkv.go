@@ -116,6 +116,13 @@ type etcdKV struct {
 
 	live *liveness // nil without MaxStaleness
 
+	// streams numbers the watch streams opened; stall (tests only) makes
+	// the stream with that number (-1: every stream) swallow everything it
+	// receives from then on, as a stream that stays open but delivers
+	// nothing would: the silent stall liveness.go's watchdog repairs.
+	streams atomic.Int64
+	stall   atomic.Int64
+
 	// own holds the revisions of this node's commits whose keys Apply has
 	// delivered already, so that the watch does not deliver them again.
 	omu sync.Mutex
@@ -323,7 +330,7 @@ func (e *etcdKV) applyRev(b *Batch) (int64, error) {
 		if attempt == etcdMergeRetries {
 			return 0, fmt.Errorf("%w: etcd txn: merged keys kept changing (%d attempts)", ErrUnavailable, attempt)
 		}
-		ok, r, err := e.commit(ops, merges)
+		ok, r, err := e.commit(ops, merges, b.expects)
 		if err != nil {
 			return 0, err
 		}
@@ -369,9 +376,13 @@ func (e *etcdKV) awaitApplied(rev int64) []string {
 }
 
 // commit runs one attempt of a batch: it reads the merged keys, then
-// commits every operation in one Txn guarded by their mod revisions. ok is
-// false when one of them changed in between.
-func (e *etcdKV) commit(ops, merges []*etcdOp) (ok bool, rev int64, err error) {
+// commits every operation in one Txn guarded by their mod revisions and by
+// the batch's expectations (a value compare; a create revision of 0 for an
+// absent key). ok is false when a merged key changed in between (the
+// caller retries); a failed expectation is errKVConflict, told apart by
+// the failure branch's reads of the expected keys, made in the same
+// revision as the failed compares.
+func (e *etcdKV) commit(ops, merges []*etcdOp, exps []batchExpect) (ok bool, rev int64, err error) {
 	ctx, cancel := e.callCtx()
 	defer cancel()
 	base := map[string][]byte{}
@@ -394,6 +405,15 @@ func (e *etcdKV) commit(ops, merges []*etcdOp) (ok bool, rev int64, err error) {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(e.key(m.key)), "=", modRev))
 		}
 	}
+	var elseGets []clientv3.Op
+	for _, x := range exps {
+		if x.absent {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(e.key(x.key)), "=", 0))
+		} else {
+			cmps = append(cmps, clientv3.Compare(clientv3.Value(e.key(x.key)), "=", string(x.value)))
+		}
+		elseGets = append(elseGets, clientv3.OpGet(e.key(x.key)))
+	}
 	puts := make([]clientv3.Op, 0, len(ops))
 	for _, op := range ops {
 		switch op.kind {
@@ -405,11 +425,17 @@ func (e *etcdKV) commit(ops, merges []*etcdOp) (ok bool, rev int64, err error) {
 			puts = append(puts, clientv3.OpPut(e.key(op.key), string(op.value)))
 		}
 	}
-	resp, err := e.cli.Txn(ctx).If(cmps...).Then(puts...).Commit()
+	resp, err := e.cli.Txn(ctx).If(cmps...).Then(puts...).Else(elseGets...).Commit()
 	if err != nil {
 		return false, 0, e.fail("txn", err)
 	}
 	if !resp.Succeeded {
+		for i, x := range exps {
+			kvs := resp.Responses[i].GetResponseRange().GetKvs()
+			if x.absent != (len(kvs) == 0) || !x.absent && !bytes.Equal(kvs[0].Value, x.value) {
+				return false, 0, errKVConflict
+			}
+		}
 		return false, 0, nil
 	}
 	// A Txn that changed nothing (only deletes of absent keys, as when
@@ -472,6 +498,26 @@ func (e *etcdKV) Scan(prefix, start []byte, fn func(key, value []byte) bool) err
 	}
 }
 
+// count is the number of keys with the prefix, read as one linearizable
+// count-only range (no values cross the network).
+func (e *etcdKV) count(prefix []byte) (int, error) {
+	if e.closed.Load() {
+		return 0, ErrClosed
+	}
+	end := prefixEnd(prefix)
+	endKey := prefixEnd([]byte(e.prefix))
+	if end != nil {
+		endKey = []byte(e.key(end))
+	}
+	ctx, cancel := e.callCtx()
+	defer cancel()
+	resp, err := e.cli.Get(ctx, e.key(prefix), clientv3.WithRange(string(endKey)), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, e.fail("count", err)
+	}
+	return int(resp.Count), nil
+}
+
 // Watch registers fn; the first registration starts watching etcd from the
 // revision the KV was opened at.
 func (e *etcdKV) Watch(fn func(keys [][]byte)) {
@@ -512,6 +558,27 @@ func (e *etcdKV) stopWatch() {
 		e.loopCancel()
 		<-e.loopDone
 	}
+}
+
+// restartWatch replaces the watch loop by a new one that resumes after the
+// last revision the store applied (liveness.go's watchdog: the watch
+// stopped delivering although etcd answers). It gives up, leaving the node
+// failed closed, when the old loop does not end within the call timeout
+// (it is inside a store callback): two loops would deliver out of order.
+func (e *etcdKV) restartWatch() bool {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.closed.Load() || e.loopCancel == nil || e.live == nil {
+		return false
+	}
+	e.loopCancel()
+	select {
+	case <-e.loopDone:
+	case <-time.After(e.timeout):
+		return false
+	}
+	e.startWatch(e.live.applied.Load() + 1)
+	return true
 }
 
 // WatchReset registers fn to be called when the watch may have missed
@@ -600,7 +667,12 @@ func (e *etcdKV) watch(ctx context.Context, from int64) (next int64, compacted b
 	ch := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
 		clientv3.WithProgressNotify())
 	next = from
+	stream, stalled := e.streams.Add(1), false
 	for resp := range ch {
+		if st := e.stall.Load(); stalled || st == -1 || st == stream {
+			stalled = true // test hook: this stream delivers nothing more
+			continue
+		}
 		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
 			return next, true
 		}
@@ -659,10 +731,27 @@ func (e *etcdKV) deliver(events []*clientv3.Event) {
 			}
 		}
 		if e.live != nil { // the store has applied rev: publish it
-			e.live.advance(rev, !mine && len(keys) > 0)
+			e.live.advance(rev, !mine && mayEnd(keys))
 		}
 	}
 }
+
+// mayEnd reports whether a commit that changed keys can be one another
+// node waits for (Store.commit awaits only commits that end a secret or
+// write a tenant record). Usage, events and meta records never are: another
+// node's usage flush needs no acknowledgement of its own (the next tick
+// publishes it), which keeps the acknowledgement puts from doubling the
+// writes of every flush.
+func mayEnd(keys [][]byte) bool {
+	for _, k := range keys {
+		if !keyHasPrefix(k, pKeyUsage) && !keyHasPrefix(k, pEvent) && !keyHasPrefix(k, pMeta) {
+			return true
+		}
+	}
+	return false
+}
+
+func keyHasPrefix(k []byte, p string) bool { return len(k) >= len(p) && string(k[:len(p)]) == p }
 
 // Close stops the watch and closes the client. Later calls get ErrClosed.
 func (e *etcdKV) Close() error {
@@ -692,6 +781,11 @@ func (e *etcdKV) Close() error {
 // watchResetter is implemented by a KV whose watch can miss commits.
 type watchResetter interface{ WatchReset(fn func()) }
 
+// keyCounter is implemented by a KV that counts a range without reading it.
+type keyCounter interface {
+	count(prefix []byte) (int, error)
+}
+
 // batchLimiter is implemented by a KV whose batches are bounded; callers
 // that may split their writes keep each batch within ops and bytes.
 type batchLimiter interface{ batchLimits() (ops, bytes int) }
@@ -700,5 +794,6 @@ var (
 	_ KV            = (*etcdKV)(nil)
 	_ watchResetter = (*etcdKV)(nil)
 	_ batchLimiter  = (*etcdKV)(nil)
+	_ keyCounter    = (*etcdKV)(nil)
 	_ livenessKV    = (*etcdKV)(nil)
 )

@@ -135,23 +135,38 @@ func (s *Store) ImportKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	trec, err := s.tenantRecord(tenant)
+	var results []ImportResult
+	var imported int
+	err := s.retryKeyAdds(tenant, func() error {
+		var err error
+		results, imported, err = s.importKeys(actor, tenant, ownerDefault, inputs, hashes)
+		return err
+	})
+	return results, imported, err
+}
+
+// importKeys is one attempt of ImportKeys (keyadds.go); the caller holds
+// wmu.
+func (s *Store) importKeys(actor, tenant, ownerDefault string, inputs []ImportInput, hashes []SecretHash) ([]ImportResult, int, error) {
+	ka, err := s.readKeyAdds(tenant)
 	if err != nil {
 		return nil, 0, err
 	}
+	trec := ka.trec
 	st := &trec.Settings
 	if !st.APIKeysEnabled {
 		return nil, 0, &Error{Kind: KindDisabled, Code: "api_keys_disabled", Message: fmt.Sprintf("API keys are disabled for tenant %q", tenant)}
 	}
 	now := s.now().UTC()
-	count, err := s.countTenantKeys(tenant)
+	count, err := s.countKeysNow(tenant)
 	if err != nil {
 		return nil, 0, err
 	}
 	results := make([]ImportResult, len(inputs))
 	c := newCommit()
-	c.b.ops = make([]batchOp, 0, len(inputs)*6+1)
+	c.b.ops = make([]batchOp, 0, len(inputs)*6+2)
 	c.fx.secrets = make([]SecretHash, 0, len(inputs))
+	ka.guard(c)
 	seen := make(map[SecretHash]int, len(inputs)) // hash → first index
 	active := map[string]int{}                    // owner → active keys, this call's included
 	groups := map[string]bool{}                   // group → exists
@@ -214,6 +229,8 @@ func (s *Store) ImportKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 			ID: id, Tenant: tenant, Name: in.Name, Description: in.Description, Owner: owner,
 			Group: in.Group, IPAllowlist: allow, Hint: ImportedHint(in.Secret), CreatedAt: now, UpdatedAt: now, ExpiresAt: exp,
 		}
+		// Checked absent above; another node may be storing it now.
+		c.b.Expect(hashKey(pKeyHash, h), nil)
 		s.putKey(c, rec, h)
 		s.event(&c.b, now, tenant, "key.imported", actor, id, map[string]any{"name": rec.Name, "owner": owner, "group": rec.Group, "expires_at": exp})
 		results[i].ID = &id

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -95,10 +96,23 @@ func (s *Store) checkGroupExists(f fieldErrors, tenant, group string) {
 func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, string, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	trec, err := s.tenantRecord(tenant)
+	var key *Key
+	var secret string
+	err := s.retryKeyAdds(tenant, func() error {
+		var err error
+		key, secret, err = s.createKey(actor, tenant, owner, in)
+		return err
+	})
+	return key, secret, err
+}
+
+// createKey is one attempt of CreateKey (keyadds.go); the caller holds wmu.
+func (s *Store) createKey(actor, tenant, owner string, in KeyInput) (*Key, string, error) {
+	ka, err := s.readKeyAdds(tenant)
 	if err != nil {
 		return nil, "", err
 	}
+	trec := ka.trec
 	st := &trec.Settings
 	if !st.APIKeysEnabled {
 		return nil, "", &Error{Kind: KindDisabled, Code: "api_keys_disabled", Message: fmt.Sprintf("API keys are disabled for tenant %q", tenant)}
@@ -115,7 +129,7 @@ func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 	if err := f.err(); err != nil {
 		return nil, "", err
 	}
-	count, err := s.countTenantKeys(tenant)
+	count, err := s.countKeysNow(tenant)
 	if err != nil {
 		return nil, "", err
 	}
@@ -131,6 +145,7 @@ func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 	}
 
 	c := newCommit()
+	ka.guard(c)
 	rec, secret := s.newKeyInto(c, actor, tenant, owner, &in, exp, allow, now)
 	if err := s.commit(c); err != nil {
 		return nil, "", err
@@ -308,7 +323,7 @@ func (s *Store) ListKeys(tenant string, q KeyQuery) (*KeyPage, error) {
 // scanTenantKeys calls fn for every key record of the tenant in id order.
 func (s *Store) scanTenantKeys(tenant string, fn func(*keyRecord) bool) error {
 	var inner error
-	err := s.kv.Scan([]byte(pKeyTenant+tenant+"/"), nil, func(_, v []byte) bool {
+	err := s.kv.Scan([]byte(pKeyTenant+tenant+"/"), nil, func(key, v []byte) bool {
 		var h SecretHash
 		if len(v) != len(h) {
 			inner = fmt.Errorf("bad key index entry")
@@ -316,10 +331,11 @@ func (s *Store) scanTenantKeys(tenant string, fn func(*keyRecord) bool) error {
 		}
 		copy(h[:], v)
 		var rec keyRecord
-		if inner = s.getKeyRecord(h, &rec); inner != nil {
+		var found bool
+		if found, inner = s.indexedKeyRecord(key, h, &rec); inner != nil {
 			return false
 		}
-		return fn(&rec)
+		return !found || fn(&rec)
 	})
 	if err == nil {
 		err = inner
@@ -331,15 +347,30 @@ func (s *Store) scanTenantKeys(tenant string, fn func(*keyRecord) bool) error {
 }
 
 // countTenantKeys counts a tenant's (non-deleted) keys, once from the store,
-// then from memory kept up to date by create and delete.
-func (s *Store) countTenantKeys(tenant string) (int, error) {
+// then from memory kept up to date by create and delete (and, for other
+// nodes' commits, by the watch).
+func (s *Store) countTenantKeys(tenant string) (int, error) { return s.countKeys(tenant, false) }
+
+// countKeysNow is the count a limit is checked against (keyadds.go): on a
+// KV other nodes write, read from the KV, since the watch may not have
+// delivered another node's keys yet; on one node, memory is exact.
+func (s *Store) countKeysNow(tenant string) (int, error) { return s.countKeys(tenant, s.shared) }
+
+func (s *Store) countKeys(tenant string, fresh bool) (int, error) {
 	s.cmu.Lock()
 	defer s.cmu.Unlock()
-	if n, ok := s.keyCounts[tenant]; ok {
+	if n, ok := s.keyCounts[tenant]; ok && !fresh {
 		return n, nil
 	}
+	prefix := []byte(pKeyTenant + tenant + "/")
 	n := 0
-	if err := s.kv.Scan([]byte(pKeyTenant+tenant+"/"), nil, func(_, _ []byte) bool { n++; return true }); err != nil {
+	var err error
+	if c, ok := s.kv.(keyCounter); ok {
+		n, err = c.count(prefix)
+	} else {
+		err = s.kv.Scan(prefix, nil, func(_, _ []byte) bool { n++; return true })
+	}
+	if err != nil {
 		return 0, fmt.Errorf("count keys: %w", err)
 	}
 	if s.keyCounts == nil {
@@ -367,23 +398,56 @@ func (s *Store) forgetKeyCount(tenant string) {
 
 func (s *Store) ownerKeys(tenant, owner string) ([]*keyRecord, error) {
 	var hashes []SecretHash
-	if err := s.kv.Scan(k(pKeyOwner+tenant, owner, ""), nil, func(_, v []byte) bool {
+	var index [][]byte
+	if err := s.kv.Scan(k(pKeyOwner+tenant, owner, ""), nil, func(key, v []byte) bool {
 		var h SecretHash
 		copy(h[:], v)
 		hashes = append(hashes, h)
+		index = append(index, bytes.Clone(key))
 		return true
 	}); err != nil {
 		return nil, fmt.Errorf("scan keys of owner: %w", err)
 	}
 	out := make([]*keyRecord, 0, len(hashes))
-	for _, h := range hashes {
+	for i, h := range hashes {
 		var rec keyRecord
-		if err := s.getKeyRecord(h, &rec); err != nil {
+		found, err := s.indexedKeyRecord(index[i], h, &rec)
+		if err != nil {
 			return nil, fmt.Errorf("read key: %w", err)
 		}
-		out = append(out, &rec)
+		if found {
+			out = append(out, &rec)
+		}
 	}
 	return out, nil
+}
+
+// indexedKeyRecord reads the record an index entry (key → h, the key id
+// last in key) points at. On a KV other nodes write, the key may have been
+// rotated or deleted between the index scan and this read: its current
+// record is then read through k/<id>, and a deleted key is not found.
+func (s *Store) indexedKeyRecord(key []byte, h SecretHash, rec *keyRecord) (found bool, err error) {
+	err = s.getKeyRecord(h, rec)
+	if !errors.Is(err, errKVNotFound) || !s.shared {
+		return err == nil, err
+	}
+	id := key[bytes.LastIndexByte(key, '/')+1:]
+	raw, err := s.kv.Get(k(pKeyID + string(id)))
+	switch {
+	case errors.Is(err, errKVNotFound):
+		return false, nil
+	case err != nil:
+		return false, err
+	case len(raw) != len(h):
+		return false, fmt.Errorf("bad key index entry of %s", id)
+	}
+	copy(h[:], raw)
+	if err := s.getKeyRecord(h, rec); errors.Is(err, errKVNotFound) {
+		return false, nil // deleted (or rotated again) meanwhile: not one to count
+	} else if err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 func (s *Store) countActiveOwnerKeys(tenant, owner string, now time.Time) (int, error) {
@@ -493,10 +557,25 @@ func allowlistOf(l []string) []string {
 func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, string, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	st, err := s.settingsOf(tenant)
+	var key *Key
+	var secret string
+	err := s.retryKeyAdds(tenant, func() error {
+		var err error
+		key, secret, err = s.rotateKey(actor, tenant, id, in)
+		return err
+	})
+	return key, secret, err
+}
+
+// rotateKey is one attempt of RotateKey; the caller holds wmu. The
+// key-add sequence is read first, since the rotation of an expired key
+// adds an active key (keyadds.go); other rotations do not guard with it.
+func (s *Store) rotateKey(actor, tenant, id string, in RotateInput) (*Key, string, error) {
+	ka, err := s.readKeyAdds(tenant)
 	if err != nil {
 		return nil, "", err
 	}
+	st := &ka.trec.Settings
 	rec, oldHash, err := s.loadKey(tenant, id)
 	if err != nil {
 		return nil, "", err
@@ -529,7 +608,8 @@ func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 	if expired {
 		// The key becomes active again: it needs room among its owner's
 		// active keys, as a new key would (this key, expired, is not one
-		// of them). s.wmu keeps a concurrent create or rotation out.
+		// of them). The guard below keeps a concurrent create or
+		// rotation out, through any node.
 		active, err := s.countActiveOwnerKeys(tenant, rec.Owner, now)
 		if err != nil {
 			return nil, "", err
@@ -543,6 +623,9 @@ func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 	secret := NewSecret(KeyPrefix)
 	h := s.hasher.hash(secret)
 	c := newCommit()
+	if expired {
+		ka.guard(c)
+	}
 	if rec.PrevHash != nil { // an earlier rotation's grace secret ends now
 		c.b.Delete(hashKey(pKeyHash, *rec.PrevHash))
 		c.ended(*rec.PrevHash, "", time.Time{}, "invalid_key")

@@ -31,6 +31,11 @@ var ErrUnavailable = errors.New("store: unavailable")
 // a typed not-found error naming what was missing.
 var errKVNotFound = errors.New("store: kv: not found")
 
+// errKVConflict is Apply's answer to a batch whose expectation (Batch.Expect)
+// did not hold when it would have committed: nothing was written, and the
+// caller may read again and retry.
+var errKVConflict = errors.New("store: kv: an expected record changed")
+
 // KV is the small ordered key-value interface the domain logic is written
 // against. Pebble is the embedded implementation; a networked one (etcd)
 // would deliver Watch notifications for writes made by other nodes too.
@@ -39,6 +44,10 @@ type KV interface {
 	Get(key []byte) ([]byte, error)
 	// Apply writes the batch atomically. With sync it is durable before
 	// Apply returns. Watchers are told the changed keys after the commit.
+	// A batch with expectations (Batch.Expect) commits only if every one
+	// holds at the commit, atomically with it, against every writer of the
+	// KV (other nodes' included); otherwise Apply writes nothing and
+	// returns errKVConflict.
 	// Merge operations are combined with the stored value by the KV's
 	// MergeFunc; a backend without native merges (etcd) applies them
 	// read-modify-write inside the batch, as pebbleKV does for old stores.
@@ -61,7 +70,14 @@ type MergeFunc func(key, older, newer []byte) []byte
 
 // Batch collects writes for KV.Apply.
 type Batch struct {
-	ops []batchOp
+	ops     []batchOp
+	expects []batchExpect
+}
+
+// batchExpect is a condition of a batch: key holds value, or is absent.
+type batchExpect struct {
+	key, value []byte
+	absent     bool
 }
 
 type opKind uint8
@@ -90,7 +106,16 @@ func (b *Batch) Merge(key, operand []byte) {
 	b.ops = append(b.ops, batchOp{key: key, value: operand, kind: opMerge})
 }
 
-// Len is the number of recorded operations.
+// Expect makes the batch conditional on key holding value when it commits
+// (nil value: on key being absent; an empty non-nil value is a present,
+// empty record, as Get returns it). It is how a read-check-write stays
+// atomic when other nodes write the same KV: read, decide, and commit only
+// if what was read is unchanged (Apply's errKVConflict otherwise).
+func (b *Batch) Expect(key, value []byte) {
+	b.expects = append(b.expects, batchExpect{key: key, value: value, absent: value == nil})
+}
+
+// Len is the number of recorded operations (expectations not included).
 func (b *Batch) Len() int { return len(b.ops) }
 
 // pebbleKV is the embedded KV.
@@ -113,6 +138,12 @@ type pebbleKV struct {
 
 	wmu      sync.Mutex
 	watchers atomic.Pointer[[]func(keys [][]byte)]
+
+	// amu makes a batch's expectations atomic with its commit: a batch
+	// with expectations holds it exclusively from its reads to its commit,
+	// every other batch shares it (and so still commits concurrently with
+	// the others, in Pebble's group commit).
+	amu sync.RWMutex
 
 	merge MergeFunc
 	// emulateMerge: the store was created with Pebble's default merger,
@@ -435,6 +466,16 @@ func (p *pebbleKV) apply(b *Batch, sync bool) ([][]byte, error) {
 	if err := p.disk.check(b.size()); err != nil {
 		return nil, err
 	}
+	if len(b.expects) > 0 {
+		p.amu.Lock()
+		defer p.amu.Unlock()
+		if err := p.checkExpects(b.expects); err != nil {
+			return nil, err
+		}
+	} else {
+		p.amu.RLock()
+		defer p.amu.RUnlock()
+	}
 	keys := make([][]byte, 0, len(b.ops))
 	err := p.call(func() error {
 		var pb *pebble.Batch
@@ -476,6 +517,33 @@ func (p *pebbleKV) apply(b *Batch, sync bool) ([][]byte, error) {
 		return nil, err
 	}
 	return keys, nil
+}
+
+// checkExpects reads the expected keys; the caller holds amu exclusively,
+// so no other batch commits until this one has.
+func (p *pebbleKV) checkExpects(exps []batchExpect) error {
+	for _, x := range exps {
+		var cur []byte
+		err := p.call(func() error {
+			v, closer, err := p.db.Get(x.key)
+			if err != nil {
+				return err
+			}
+			cur = bytes.Clone(v)
+			return closer.Close()
+		})
+		switch {
+		case errors.Is(err, pebble.ErrNotFound):
+			if !x.absent {
+				return errKVConflict
+			}
+		case err != nil:
+			return fmt.Errorf("pebble get: %w", err)
+		case x.absent || !bytes.Equal(cur, x.value):
+			return errKVConflict
+		}
+	}
+	return nil
 }
 
 // emulatedMerge is read-modify-write: the store serializes its writers, so

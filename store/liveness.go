@@ -78,9 +78,38 @@ import (
 //
 // A node that stops heartbeating (frozen, cut off) thus delays a revoke by
 // at most S, and a node that closes revokes its lease and delays nothing.
-// A node's acknowledgement is a put per applied revision that ended a wait
-// for someone (coalesced: at most one in flight), so its write rate is
-// bounded by its round trips to etcd, plus 4/S heartbeats per second.
+// A node's acknowledgement is a put per applied commit of another node
+// that may end something (mayEnd: not one of usage, events or meta
+// records, which nobody waits for; coalesced: at most one in flight), so
+// its write rate is bounded by its round trips to etcd, plus 4/S
+// heartbeats per second.
+//
+// # Watch stalls (watchdog)
+//
+// A watch stream can stay open and deliver nothing while unary calls still
+// work. The node then fails closed (no tick becomes fresh, so it stops
+// admitting by S − margin after its last fresh one, and it does not
+// acknowledge, so revokes elsewhere answer by the bound), but it would stay
+// closed until the stream recovers, perhaps never. Each tick's put is
+// under the watched prefix, so a healthy watch delivers it: when the watch
+// has applied nothing at all for a tick period (S/4) while a tick's
+// revision is outstanding, the tick loop cancels the watch loop, waits for
+// it to end, and starts a new watch at applied+1 (logged once per stall).
+// Progress notifications (every 10 minutes by default) come too rarely to
+// tell a stall, and WithRequireLeader only ends streams whose member lost
+// its leader; both stay on. The restart is safe:
+//
+//   - applied is advanced only after the store has applied every commit up
+//     to it, in revision order (deliver, or a progress notification that
+//     says nothing below it is left), and the old loop has ended before
+//     the new watch starts, so nothing is delivered twice concurrently or
+//     out of order, and no commit above applied is skipped: the new watch
+//     delivers all of them, or reports that etcd compacted some away, and
+//     then the store reloads everything (WatchReset) before applied moves;
+//   - freshness and acknowledgements still come only from applied reaching
+//     a revision, so during and after the restart the argument above holds
+//     unchanged: the restart only makes applied move again.
+//
 // Pebble (one node) has none of this: no lease, no wait.
 
 // nodesPrefix is where nodes publish their liveness records (under the
@@ -106,6 +135,16 @@ type liveness struct {
 	mu   sync.Mutex
 	pend time.Time // the latest tick not yet fresh, and its revision
 	pRev int64
+
+	// The watchdog (loop goroutine only): lagAt is the send time of the
+	// tick since which the watch has applied nothing although a tick's
+	// revision is outstanding (zero: none), lagApplied what it had
+	// applied then; stallLogged: this stall was logged.
+	lagAt       time.Time
+	lagApplied  int64
+	stallLogged bool
+	restarting  atomic.Bool
+	restarts    atomic.Int64 // watch restarts (tests, diagnostics)
 
 	ack     chan struct{}
 	frozen  atomic.Bool // tests: a node that stops heartbeating
@@ -285,12 +324,48 @@ func (l *liveness) tick(ctx context.Context, within time.Duration) {
 		return
 	}
 	l.mu.Lock()
-	if l.applied.Load() >= rev {
+	applied := l.applied.Load()
+	if applied >= rev {
 		l.fresh(s)
 	} else if rev > l.pRev {
 		l.pend, l.pRev = s, rev
 	}
 	l.mu.Unlock()
+	l.watchdog(s, rev, applied)
+}
+
+// watchdog restarts a watch that has applied nothing for a tick period
+// (max_staleness/4) while etcd answers the ticks, whose own puts the watch
+// must deliver: the stream is stalled, not slow (see "Watch stalls" above).
+// A watch that makes any progress is left alone.
+func (l *liveness) watchdog(s time.Time, rev, applied int64) {
+	switch {
+	case applied >= rev: // caught up
+		l.lagAt, l.stallLogged = time.Time{}, false
+		return
+	case l.lagAt.IsZero() || applied != l.lagApplied: // behind, or still moving
+		l.lagAt, l.lagApplied = s, applied
+		return
+	case s.Sub(l.lagAt) < l.stale/(livenessTicks+1): // a tick period, less the ticker's jitter
+		return
+	}
+	idle := s.Sub(l.lagAt)
+	l.lagAt = time.Time{} // the next period is measured from the restart
+	if !l.restarting.CompareAndSwap(false, true) {
+		return
+	}
+	if !l.stallLogged { // once per stall, however many restarts it takes
+		l.stallLogged = true
+		l.kv.log.Errorf("etcd watch: no event after revision %d for %v although etcd answers (at revision %d); restarting the watch from there",
+			applied, idle, rev)
+	}
+	l.restarts.Add(1)
+	go func() { // it waits for the old loop to end: not on the tick's goroutine
+		defer l.restarting.Store(false)
+		if !l.kv.restartWatch() {
+			l.kv.log.Errorf("etcd watch: the stalled watch did not stop; this node keeps answering 503 until it does")
+		}
+	}()
 }
 
 // publish puts the applied revision at once (another node may wait for it).

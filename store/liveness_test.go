@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -49,14 +50,18 @@ func TestLivenessDeadline(t *testing.T) {
 
 // livenessCluster opens n stores on one etcd prefix with distinct node ids
 // and the cross-node guarantee on.
-func livenessCluster(t *testing.T, srv *etcdtest.Server, n int, stale time.Duration) ([]*Store, []*etcdKV) {
+func livenessCluster(t *testing.T, srv *etcdtest.Server, n int, stale time.Duration, tweak ...func(i int, c *EtcdConfig)) ([]*Store, []*etcdKV) {
 	t.Helper()
 	prefix := etcdtest.Prefix(t)
 	var stores []*Store
 	var kvs []*etcdKV
 	for i := range n {
-		kv, err := openEtcd(EtcdConfig{Endpoints: []string{srv.Endpoint}, Prefix: prefix,
-			MaxStaleness: stale, Timeout: stale, NodeID: fmt.Sprintf("n%d", i+1)})
+		cfg := EtcdConfig{Endpoints: []string{srv.Endpoint}, Prefix: prefix,
+			MaxStaleness: stale, Timeout: stale, NodeID: fmt.Sprintf("n%d", i+1)}
+		for _, f := range tweak {
+			f(i, &cfg)
+		}
+		kv, err := openEtcd(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -329,20 +334,26 @@ func TestEtcdFrozenNodeBoundsRevoke(t *testing.T) {
 }
 
 // TestEtcdStalledWatchStopsAdmitting: a node whose lease stays alive but
-// whose watch has stopped delivering does not acknowledge a revoke, which
-// answers within max_staleness anyway: by then the node no longer admits
-// (its ticks are not fresh), and it admits again, knowing the revoke, once
-// its watch has caught up.
+// whose watch delivers nothing, even once restarted (every stream stalls),
+// does not acknowledge a revoke, which answers within max_staleness anyway:
+// by then the node no longer admits (its ticks are not fresh). Its
+// watchdog keeps restarting the watch (logging the stall once), and once a
+// stream delivers again the node admits, knowing the revoke.
 func TestEtcdStalledWatchStopsAdmitting(t *testing.T) {
 	srv := etcdtest.Shared(t)
 	const stale = 2 * time.Second
-	st, kvs := livenessCluster(t, srv, 2, stale)
+	log := &logRecorder{}
+	st, kvs := livenessCluster(t, srv, 2, stale, func(i int, c *EtcdConfig) {
+		if i == 0 {
+			c.Logger = log
+		}
+	})
 	enable(t, st[1], "acme")
 	k, secret := mustKey(t, st[1], "acme", "alice", KeyInput{})
 	if v := waitVerdict(t, st[0], "acme", secret, VerdictValid); v != VerdictValid {
 		t.Fatalf("node 1: %s", vname(v))
 	}
-	kvs[0].stopWatch()
+	kvs[0].stall.Store(-1) // every stream, the restarted ones too
 	begin := time.Now()
 	if _, err := st[1].RevokeKey("op", "acme", k.ID); err != nil {
 		t.Fatal(err)
@@ -353,10 +364,11 @@ func TestEtcdStalledWatchStopsAdmitting(t *testing.T) {
 	if _, v, err := st[0].Verify("acme", secret, st[0].now()); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("node 1 with a stalled watch after the revoke answered: %s %v, want ErrUnavailable", vname(v), err)
 	}
-	kvs[0].wmu.Lock()
-	kvs[0].startWatch(kvs[0].live.applied.Load() + 1)
-	kvs[0].wmu.Unlock()
-	deadline := time.Now().Add(5 * time.Second)
+	if n := kvs[0].live.restarts.Load(); n < 2 {
+		t.Fatalf("the watchdog restarted the stalled watch %d times in max_staleness", n)
+	}
+	kvs[0].stall.Store(0) // the next restarted stream delivers
+	deadline := time.Now().Add(stale + 2*time.Second)
 	for {
 		_, v, err := st[0].Verify("acme", secret, st[0].now())
 		if err == nil {
@@ -369,5 +381,110 @@ func TestEtcdStalledWatchStopsAdmitting(t *testing.T) {
 			t.Fatalf("node 1 with its watch back: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if lines := log.matching("restarting the watch"); len(lines) != 1 {
+		t.Fatalf("the stall was logged %d times, want once: %q", len(lines), lines)
+	}
+}
+
+// TestEtcdWatchdogRestartsStalledWatch: a node whose watch stream stalls
+// silently (open, no events, unary calls fine) restarts it from the last
+// revision it applied and admits again within about a tick period, without
+// ever admitting stale: a key revoked through another node during the
+// stall is rejected by every Verify that starts after the revoke answered,
+// and a key created during the stall is admitted after it.
+func TestEtcdWatchdogRestartsStalledWatch(t *testing.T) {
+	srv := etcdtest.Shared(t)
+	const stale = 2 * time.Second
+	st, kvs := livenessCluster(t, srv, 3, stale)
+	enable(t, st[1], "acme")
+	k, secret := mustKey(t, st[1], "acme", "alice", KeyInput{})
+	if v := waitVerdict(t, st[0], "acme", secret, VerdictValid); v != VerdictValid {
+		t.Fatalf("node 1: %s", vname(v))
+	}
+	var answered atomic.Pointer[time.Time]
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var unavailable atomic.Int64
+	wg.Go(func() { // node 1 under requests through the whole stall
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			start := time.Now()
+			_, v, err := st[0].Verify("acme", secret, st[0].now())
+			if errors.Is(err, ErrUnavailable) {
+				unavailable.Add(1)
+			} else if a := answered.Load(); err == nil && v == VerdictValid && a != nil && start.After(*a) {
+				t.Errorf("node 1 admitted the key in a Verify that started %v after its revoke answered", start.Sub(*a))
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	stalledAt := time.Now()
+	kvs[0].stall.Store(kvs[0].streams.Load()) // the current stream only
+	_, secret2 := mustKey(t, st[1], "acme", "bob", KeyInput{})
+	if _, err := st[1].RevokeKey("op", "acme", k.ID); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	answered.Store(&now)
+	t.Logf("revoke through node 2 answered %v after node 1's watch stalled", now.Sub(stalledAt))
+	if now.Sub(stalledAt) >= stale {
+		t.Errorf("the revoke waited for max_staleness (%v): node 1 did not recover and acknowledge", now.Sub(stalledAt))
+	}
+	if v := waitVerdict(t, st[0], "acme", secret2, VerdictValid); v != VerdictValid {
+		t.Fatalf("node 1 after the stall: a key created meanwhile is %s", vname(v))
+	}
+	if took := time.Since(stalledAt); took > stale {
+		t.Fatalf("node 1 admitted again %v after its watch stalled (max_staleness %v)", took, stale)
+	}
+	if _, v, err := st[0].Verify("acme", secret, st[0].now()); err != nil || v != VerdictRevoked {
+		t.Fatalf("node 1 after the stall: the revoked key is %s %v", vname(v), err)
+	}
+	close(stop)
+	wg.Wait()
+	if n := kvs[0].live.restarts.Load(); n != 1 {
+		t.Fatalf("%d watch restarts for one stall", n)
+	}
+	t.Logf("node 1 answered 503 to %d Verify calls during the stall", unavailable.Load())
+}
+
+// TestAcknowledgedCommitsMayEnd: every commit that awaits the other nodes'
+// acknowledgement (an ending one) has keys mayEnd accepts, so the nodes
+// acknowledge it; a usage flush's does not, so applying another node's
+// flush costs no acknowledgement put.
+func TestAcknowledgedCommitsMayEnd(t *testing.T) {
+	ending := 0
+	runLifecycle(t, func(t *testing.T, l *lifecycle, st lifecycleStep, c committed) {
+		if c.fx.ending() {
+			ending++
+			if !mayEnd(c.keys) {
+				t.Errorf("an ending commit (%d keys) would not be acknowledged by the other nodes", len(c.keys))
+			}
+		}
+	})
+	if ending == 0 {
+		t.Fatal("no ending commit in the lifecycle")
+	}
+	clk := newClock()
+	s := memStore(t, clk, func(o *Options) { o.NodeID = "n1" })
+	enable(t, s, "acme")
+	var mu sync.Mutex
+	var batches [][][]byte
+	s.kv.Watch(func(keys [][]byte) { mu.Lock(); batches = append(batches, keys); mu.Unlock() })
+	view := &KeyView{ID: "key_1", Tenant: "acme"}
+	s.RecordUse(view, netip.MustParseAddr("192.0.2.1"), OutcomeOK, clk.Now())
+	s.RecordUse(view, netip.MustParseAddr("192.0.2.1"), OutcomeRevoked, clk.Now()) // a denied-requests event too
+	mustNil(t, s.Flush())
+	mu.Lock()
+	defer mu.Unlock()
+	if len(batches) != 1 {
+		t.Fatalf("%d batches for one flush", len(batches))
+	}
+	if mayEnd(batches[0]) {
+		t.Fatalf("a usage flush (%q) would be acknowledged by every other node", batches[0])
 	}
 }

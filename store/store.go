@@ -42,6 +42,7 @@ const SchemaVersion = 2
 //	ku/<key id>                  → usageRecord, binary (usagecodec.go), written
 //	                               as Pebble merge operands (mergeUsage)
 //	e/<tenant>/<event id>        → Event (deleted after EventRetention)
+//	ka/<tenant>                  → key-add sequence (keyadds.go)
 const (
 	pMeta      = "meta/"
 	pTenant    = "t/"
@@ -170,6 +171,9 @@ type Store struct {
 	keyCounts map[string]int // tenant → keys, filled lazily
 
 	live livenessKV // a shared KV's liveness (etcd); nil on Pebble
+	// shared: other nodes write the KV too (its watch reports their
+	// commits), so memory may lag behind it (keyadds.go).
+	shared bool
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -237,6 +241,7 @@ func Open(opts Options) (*Store, error) {
 		stop:     make(chan struct{}),
 		nodeID:   opts.NodeID,
 	}
+	_, s.shared = kv.(watchResetter)
 	if l, ok := kv.(livenessKV); ok {
 		s.live = l
 		// Cut off from etcd: requests this node admitted before and that

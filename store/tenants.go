@@ -61,10 +61,14 @@ func (s *Store) CreateTenant(actor string, in TenantInput) (*Tenant, error) {
 		Settings: Settings{MaxKeysPerUser: DefaultMaxKeysPerUser, ExpiringSoonWindow: Duration(DefaultExpiringSoonWindow)},
 	}
 	c := newCommit()
+	// Another node may be creating it now: the first one wins.
+	c.b.Expect(k(pTenant+in.ID), nil)
 	c.b.Set(k(pTenant+in.ID), mustJSON(rec))
 	c.tenant(in.ID)
 	s.event(&c.b, now, in.ID, "tenant.created", actor, "", map[string]any{"name": in.Name, "key_limit": in.KeyLimit})
-	if err := s.commit(c); err != nil {
+	if err := s.commit(c); errors.Is(err, errKVConflict) {
+		return nil, conflict("tenant %q already exists", in.ID)
+	} else if err != nil {
 		return nil, err
 	}
 	return s.tenantView(&rec)

@@ -8,14 +8,17 @@
 package etcdtest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -270,4 +273,51 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Metrics reads the server's Prometheus counters and gauges (its /metrics
+// page on the client URL): each series under its full name with labels
+// (`name{a="x",b="y"}`), and each name summed over its labels.
+func (s *Server) Metrics() (map[string]float64, error) {
+	url := s.Endpoint + "/metrics"
+	if !strings.Contains(url, "://") {
+		url = "http://" + url
+	}
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: s.tls}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, fmt.Errorf("etcd metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		series, rest, ok := strings.Cut(line, " ")
+		name := series
+		if i := strings.IndexByte(line, '{'); i >= 0 {
+			var labels string
+			name = line[:i]
+			labels, rest, ok = strings.Cut(line[i:], "} ")
+			series = name + labels + "}"
+		}
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		if err != nil {
+			continue
+		}
+		if series != name {
+			out[series] = v
+		}
+		out[name] += v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("etcd metrics: %w", err)
+	}
+	return out, nil
 }
