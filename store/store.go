@@ -146,6 +146,9 @@ type Store struct {
 	// wmu serialises domain writes: the read-validate-write of limits and
 	// state transitions must not interleave.
 	wmu sync.Mutex
+	// fmu serialises usage flushes (usage.go); a flush does not hold wmu
+	// while it writes.
+	fmu sync.Mutex
 
 	hot atomic.Pointer[hotState]
 	hmu sync.Mutex // guards hot replacement
@@ -166,6 +169,10 @@ type Store struct {
 	// afterCommit, when set (tests), sees every domain batch and its
 	// recorded effects right after kv.Apply returned err.
 	afterCommit func(b *Batch, fx *effects, err error)
+	// flushApply, when set (tests), is called with each batch a usage
+	// flush is about to write, before it is written; an error fails the
+	// write instead.
+	flushApply func(b *Batch) error
 
 	cmu       sync.Mutex
 	keyCounts map[string]int // tenant → keys, filled lazily
