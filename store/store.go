@@ -43,6 +43,7 @@ const SchemaVersion = 2
 //	                               as Pebble merge operands (mergeUsage)
 //	e/<tenant>/<event id>        → Event (deleted after EventRetention)
 //	ka/<tenant>                  → key-add sequence (keyadds.go)
+//	gr/<tenant>/<group>          → reference mark (grouprefs.go)
 const (
 	pMeta      = "meta/"
 	pTenant    = "t/"
@@ -169,6 +170,9 @@ type Store struct {
 	// afterCommit, when set (tests), sees every domain batch and its
 	// recorded effects right after kv.Apply returned err.
 	afterCommit func(b *Batch, fx *effects, err error)
+	// beforeCommit, when set (tests), sees every domain batch just before
+	// it is written.
+	beforeCommit func(b *Batch)
 	// flushApply, when set (tests), is called with each batch a usage
 	// flush is about to write, before it is written; an error fails the
 	// write instead.
