@@ -75,26 +75,13 @@ func groupNodes(t *testing.T, n int, tenant string) []*Store {
 func TestGroupRefGuards(t *testing.T) {
 	const tenant = "grg"
 	nodes := groupNodes(t, 2, tenant)
-	// holdOnce makes the first of s's commits that mentions group (in a
-	// key or a value) run during before it writes.
-	holdOnce := func(s *Store, group string, during func()) {
-		var once sync.Once
-		s.beforeCommit = func(b *Batch) {
-			for _, op := range b.ops {
-				if bytes.Contains(op.key, []byte(group)) || bytes.Contains(op.value, []byte(group)) {
-					once.Do(during)
-					return
-				}
-			}
-		}
-	}
 	for _, ref := range groupRefWrites {
 		slug := strings.ReplaceAll(ref.name, " ", "-")
 		t.Run(ref.name+" lands during the delete", func(t *testing.T) {
 			group := "named-during-delete-" + slug
 			_, err := nodes[0].PutGroup("op", tenant, group, GroupInput{})
 			mustNil(t, err)
-			holdOnce(nodes[0], group, func() { mustNil(t, ref.write(t, nodes[1], tenant, group)) })
+			holdOnce(t, nodes[0], group, func() { mustNil(t, ref.write(t, nodes[1], tenant, group)) })
 			err = nodes[0].DeleteGroup("op", tenant, group)
 			nodes[0].beforeCommit = nil
 			if KindOf(err) != KindConflict {
@@ -106,7 +93,7 @@ func TestGroupRefGuards(t *testing.T) {
 			group := "deleted-during-" + slug
 			_, err := nodes[0].PutGroup("op", tenant, group, GroupInput{})
 			mustNil(t, err)
-			holdOnce(nodes[1], group, func() { mustNil(t, nodes[0].DeleteGroup("op", tenant, group)) })
+			holdOnce(t, nodes[1], group, func() { mustNil(t, nodes[0].DeleteGroup("op", tenant, group)) })
 			err = ref.write(t, nodes[1], tenant, group)
 			nodes[1].beforeCommit = nil
 			if KindOf(err) != KindInvalid || !strings.Contains(err.Error(), "no group") {
@@ -175,6 +162,21 @@ func TestGroupDeleteRaceAcrossNodes(t *testing.T) {
 	t.Logf("%d rounds: the group was deleted in %d", rounds, deleted)
 }
 
+// holdOnce makes the first of s's commits that mentions text (in a key or
+// a value) run during just before it writes.
+func holdOnce(t *testing.T, s *Store, text string, during func()) {
+	var once sync.Once
+	s.beforeCommit = func(b *Batch) {
+		for _, op := range b.ops {
+			if bytes.Contains(op.key, []byte(text)) || bytes.Contains(op.value, []byte(text)) {
+				once.Do(during)
+				return
+			}
+		}
+	}
+	t.Cleanup(func() { s.beforeCommit = nil })
+}
+
 // groupNamedOnlyIfExists fails the test when the group is gone but a key or
 // the tenant's default_group still names it.
 func groupNamedOnlyIfExists(t *testing.T, s *Store, tenant, group string) {
@@ -194,5 +196,49 @@ func groupNamedOnlyIfExists(t *testing.T, s *Store, tenant, group string) {
 	mustNil(t, err)
 	if st.DefaultGroup != nil && *st.DefaultGroup == group {
 		t.Errorf("default_group names the deleted group %s", group)
+	}
+}
+
+// TestTokenDeleteUserRace: CreateToken for a user and DeleteUser of it on
+// two nodes, in both orders, deterministically as in TestGroupRefGuards:
+// no token survives the delete active (it would work again once a user of
+// that id is created anew).
+func TestTokenDeleteUserRace(t *testing.T) {
+	const tenant = "tur"
+	nodes := groupNodes(t, 2, tenant)
+	for _, tc := range []struct {
+		name      string
+		tokenLate bool // the token's commit is held while the delete runs
+	}{{"token lands during the delete", false}, {"delete lands during the token", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			user := "user-" + strings.ReplaceAll(tc.name, " ", "-")
+			_, err := nodes[0].PutUser("op", tenant, user, []Role{RoleDeveloper})
+			mustNil(t, err)
+			var secret string
+			var tokErr, delErr error
+			createToken := func() { _, secret, tokErr = nodes[1].CreateToken("op", tenant, user, TokenInput{Name: "cli"}) }
+			deleteUser := func() { delErr = nodes[0].DeleteUser("op", tenant, user) }
+			if tc.tokenLate {
+				holdOnce(t, nodes[1], user, deleteUser)
+				createToken()
+				if KindOf(tokErr) != KindNotFound {
+					t.Errorf("token for a user deleted meanwhile: %v, want 404", tokErr)
+				}
+			} else {
+				holdOnce(t, nodes[0], user, createToken)
+				deleteUser()
+				mustNil(t, tokErr)
+			}
+			mustNil(t, delErr)
+			// A user of that id again: a token issued to the old one must not
+			// work for it.
+			_, err = nodes[0].PutUser("op", tenant, user, []Role{RoleTenantAdmin})
+			mustNil(t, err)
+			if secret != "" {
+				if _, _, err := nodes[0].AuthenticateToken(secret); KindOf(err) != KindUnauthorized {
+					t.Errorf("a token issued while its user was deleted authenticates the new user: %v", err)
+				}
+			}
+		})
 	}
 }

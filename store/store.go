@@ -44,6 +44,7 @@ const SchemaVersion = 2
 //	e/<tenant>/<event id>        → Event (deleted after EventRetention)
 //	ka/<tenant>                  → key-add sequence (keyadds.go)
 //	gr/<tenant>/<group>          → reference mark (grouprefs.go)
+//	ur/<tenant>/<user>           → tokens mark (users.go)
 const (
 	pMeta      = "meta/"
 	pTenant    = "t/"
