@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -257,4 +258,30 @@ func TestFlushPartFailsWhileKeyDeleted(t *testing.T) {
 	if evs := allEvents(t, s, DefaultTenant, EventQuery{Type: "key.requests_denied"}); len(evs) != 3 {
 		t.Fatalf("%d denied-request events, want 3", len(evs))
 	}
+}
+
+// TestFlushFailedButCommittedSwept: a flush write that reports failure but
+// committed (as an etcd call that timed out may have) for a key deleted
+// meanwhile leaves no usage record of it.
+func TestFlushFailedButCommittedSwept(t *testing.T) {
+	clk := newClock()
+	s := memStore(t, clk)
+	keys, _ := usedKeys(t, s, clk, 3)
+	var once sync.Once
+	s.flushApply = func(b *Batch) error {
+		var err error
+		once.Do(func() {
+			mustNil(t, s.DeleteKey("op", DefaultTenant, keys[1].ID))
+			mustNil(t, s.kv.Apply(b, true))
+			err = errors.New("timed out (committed all the same)")
+		})
+		return err
+	}
+	if err := s.Flush(); err == nil {
+		t.Fatal("the flush did not report its failed write")
+	}
+	mustNil(t, s.kv.Scan(k(pKeyUsage+keys[1].ID), nil, func(key, _ []byte) bool {
+		t.Errorf("deleted key has a usage record %s", key)
+		return true
+	}))
 }

@@ -119,6 +119,7 @@ func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas m
 		if err := s.applyUsage(b); err != nil {
 			s.flushes.failures.Add(1)
 			s.usage.restore(deltas, now) // the next flush retries them
+			s.sweepDeleted(ids)          // a failed write may have committed (etcd timeout)
 			return fmt.Errorf("flush usage (kept for the next flush): %w", err)
 		}
 		s.sweepDeleted(ids)
@@ -159,6 +160,7 @@ func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas m
 				}
 			}
 			s.usage.restore(left, now)
+			s.sweepDeleted(chunkIDs[i]) // a failed write may have committed (etcd timeout)
 			if i > 0 {
 				s.denied.commit(plan, now) // the events went with the first chunk
 			}
