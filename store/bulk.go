@@ -12,14 +12,14 @@ const MaxBulkCreate = 10_000
 // but the owner) and returns the effective expiry and the canonical
 // allowlist. Problems are added to f under prefix+field: prefix is "" for
 // CreateKey and "keys[3]." for the fourth key of a CreateKeys batch.
-func (s *Store) checkKeyInput(f fieldErrors, prefix, tenant string, in *KeyInput, st *Settings, now time.Time) (*time.Time, []string) {
+func (s *Store) checkKeyInput(f fieldErrors, refs groupRefs, prefix, tenant string, in *KeyInput, st *Settings, now time.Time) (*time.Time, []string) {
 	g := f
 	if prefix != "" {
 		g = fieldErrors{}
 	}
 	checkText(g, "name", in.Name, NameMin, NameMax)
 	checkText(g, "description", in.Description, 0, DescriptionMax)
-	s.checkGroupExists(g, tenant, in.Group)
+	s.checkGroupExists(g, refs, tenant, in.Group)
 	exp := s.checkExpiry(g, "expires_at", in.ExpiresAt, st, now)
 	allow := parseAllowlist(g, "ip_allowlist", in.IPAllowlist)
 	if prefix != "" {
@@ -84,8 +84,9 @@ func (s *Store) createKeys(actor, tenant, owner string, inputs []KeyInput) ([]*K
 	checkUserID(f, "owner", owner)
 	exps := make([]*time.Time, len(inputs))
 	allows := make([][]string, len(inputs))
+	refs := groupRefs{}
 	for i := range inputs {
-		exps[i], allows[i] = s.checkKeyInput(f, fmt.Sprintf("keys[%d].", i), tenant, &inputs[i], st, now)
+		exps[i], allows[i] = s.checkKeyInput(f, refs, fmt.Sprintf("keys[%d].", i), tenant, &inputs[i], st, now)
 	}
 	if err := f.err(); err != nil {
 		return nil, nil, err
@@ -110,6 +111,7 @@ func (s *Store) createKeys(actor, tenant, owner string, inputs []KeyInput) ([]*K
 	c.b.ops = make([]batchOp, 0, n*8+1)
 	c.fx.secrets = make([]SecretHash, 0, n)
 	ka.guard(c)
+	refs.guard(c, tenant)
 	recs := make([]*keyRecord, n)
 	secrets := make([]string, n)
 	for i := range inputs {

@@ -158,6 +158,9 @@ func (s *Store) commit(c *commit) error {
 	if c.b.Len() == 0 {
 		return nil
 	}
+	if s.beforeCommit != nil {
+		s.beforeCommit(&c.b)
+	}
 	s.local.add(&c.b)
 	var rev int64
 	var err error

@@ -13,7 +13,7 @@ const deniedSummaryInterval = time.Minute
 
 // deniedSummaries remembers, per key id, denials already counted in the
 // key's usage but not yet reported in an event, and when the last event was
-// written. Only Flush uses it, under the store's write lock; it changes only
+// written. Only Flush uses it, under the store's flush lock; it changes only
 // after the flush's batch is committed, so a failed flush (whose usage is
 // restored and counted again) never reports a denial twice.
 type deniedSummaries map[string]*deniedSummary

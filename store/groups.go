@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -179,8 +180,24 @@ func (s *Store) ListGroups(tenant, cursor string, limit int) ([]*Group, string, 
 func (s *Store) DeleteGroup(actor, tenant, name string) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if _, err := s.GetGroup(tenant, name); err != nil {
+	return s.retryConflicts(fmt.Sprintf("other nodes made keys use group %q", truncate(name, 64)), func() error {
+		return s.deleteGroup(actor, tenant, name)
+	})
+}
+
+// deleteGroup is one attempt of DeleteGroup; the caller holds wmu. It reads
+// the group's reference mark before it looks for users of the group, and
+// commits only if neither the mark nor the group changed (grouprefs.go).
+func (s *Store) deleteGroup(actor, tenant, name string) error {
+	mark, err := s.readGroupRefMark(tenant, name)
+	if err != nil {
 		return err
+	}
+	raw, err := s.kv.Get(k(pGroup+tenant, name))
+	if errors.Is(err, errKVNotFound) {
+		return notFound("group", name)
+	} else if err != nil {
+		return fmt.Errorf("read group: %w", err)
 	}
 	st, err := s.settingsOf(tenant)
 	if err != nil {
@@ -203,7 +220,10 @@ func (s *Store) DeleteGroup(actor, tenant, name string) error {
 	}
 	now := s.now().UTC()
 	c := newCommit()
+	c.b.Expect(k(pGroupRefs+tenant, name), mark)
+	c.b.Expect(k(pGroup+tenant, name), raw)
 	c.b.Delete(k(pGroup+tenant, name))
+	c.b.Delete(k(pGroupRefs+tenant, name))
 	c.group(tenant, name)
 	s.event(&c.b, now, tenant, "group.deleted", actor, "", map[string]any{"group": name})
 	return s.commit(c)

@@ -169,7 +169,7 @@ func (s *Store) importKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 	ka.guard(c)
 	seen := make(map[SecretHash]int, len(inputs)) // hash → first index
 	active := map[string]int{}                    // owner → active keys, this call's included
-	groups := map[string]bool{}                   // group → exists
+	groups := groupRefs{}                         // checked once per call
 	imported := 0
 	foreign := false // an imported secret is not of the native layout
 	fail := func(i int, msg string) { results[i].Error = &msg }
@@ -240,6 +240,9 @@ func (s *Store) importKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 	if imported == 0 {
 		return results, 0, nil
 	}
+	// Every group checked is guarded, also one only a refused entry named:
+	// at worst a conflict more.
+	groups.guard(c, tenant)
 	if foreign && !trec.ImportedKeys {
 		// The flag that turns on the gateway's lookup of foreign secrets:
 		// committed with the keys, so no such key is ever stored without
@@ -259,20 +262,10 @@ func (s *Store) importKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 
 // checkImportInput is checkKeyInput with the groups looked up once per
 // call rather than once per entry.
-func (s *Store) checkImportInput(f fieldErrors, tenant string, in *KeyInput, st *Settings, now time.Time, groups map[string]bool) (*time.Time, []string) {
+func (s *Store) checkImportInput(f fieldErrors, tenant string, in *KeyInput, st *Settings, now time.Time, groups groupRefs) (*time.Time, []string) {
 	checkText(f, "name", in.Name, NameMin, NameMax)
 	checkText(f, "description", in.Description, 0, DescriptionMax)
-	if g := in.Group; g != "" {
-		ok, known := groups[g]
-		if !known {
-			_, err := s.GetGroup(tenant, g)
-			ok = err == nil
-			groups[g] = ok
-		}
-		if !ok {
-			f.add("group", fmt.Sprintf("no group %q in this tenant", truncate(g, 64)))
-		}
-	}
+	s.checkGroupExists(f, groups, tenant, in.Group)
 	exp := s.checkExpiry(f, "expires_at", in.ExpiresAt, st, now)
 	allow := parseAllowlist(f, "ip_allowlist", in.IPAllowlist)
 	return exp, allow

@@ -82,15 +82,6 @@ func (s *Store) checkExpiry(f fieldErrors, field string, exp *time.Time, st *Set
 	return &e
 }
 
-func (s *Store) checkGroupExists(f fieldErrors, tenant, group string) {
-	if group == "" {
-		return
-	}
-	if _, err := s.GetGroup(tenant, group); err != nil {
-		f.add("group", fmt.Sprintf("no group %q in this tenant", truncate(group, 64)))
-	}
-}
-
 // CreateKey creates a key owned by owner. The secret is returned here and
 // never again; only its hash is stored.
 func (s *Store) CreateKey(actor, tenant, owner string, in KeyInput) (*Key, string, error) {
@@ -118,14 +109,15 @@ func (s *Store) createKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 		return nil, "", &Error{Kind: KindDisabled, Code: "api_keys_disabled", Message: fmt.Sprintf("API keys are disabled for tenant %q", tenant)}
 	}
 	if in.DefaultGroup {
-		// Read under the write lock: DeleteGroup refuses to delete the
-		// default group, so it exists.
+		// DeleteGroup refuses to delete the default group; the group is
+		// checked and guarded (grouprefs.go) as a named one.
 		in.Group = strOrEmpty(st.DefaultGroup)
 	}
 	now := s.now().UTC()
 	f := fieldErrors{}
 	checkUserID(f, "owner", owner)
-	exp, allow := s.checkKeyInput(f, "", tenant, &in, st, now)
+	refs := groupRefs{}
+	exp, allow := s.checkKeyInput(f, refs, "", tenant, &in, st, now)
 	if err := f.err(); err != nil {
 		return nil, "", err
 	}
@@ -146,6 +138,7 @@ func (s *Store) createKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 
 	c := newCommit()
 	ka.guard(c)
+	refs.guard(c, tenant)
 	rec, secret := s.newKeyInto(c, actor, tenant, owner, &in, exp, allow, now)
 	if err := s.commit(c); err != nil {
 		return nil, "", err
@@ -487,10 +480,23 @@ func (s *Store) UpdateKey(actor, tenant, id string, p KeyPatch) (*Key, error) {
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	// The group is checked under the write lock: DeleteGroup checks that no
-	// key uses a group under it too.
+	var key *Key
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed group %q", truncate(p.Group.Value, 64)), func() error {
+		var err error
+		key, err = s.updateKey(actor, tenant, id, p, f, allow)
+		return err
+	})
+	return key, err
+}
+
+// updateKey is one attempt of UpdateKey; the caller holds wmu. f holds the
+// problems found so far.
+func (s *Store) updateKey(actor, tenant, id string, p KeyPatch, f fieldErrors, allow []string) (*Key, error) {
+	// The group is checked under the write lock, as DeleteGroup checks that
+	// no key uses a group, and guarded against other nodes (grouprefs.go).
+	refs := groupRefs{}
 	if p.Group.Set && !p.Group.Null {
-		s.checkGroupExists(f, tenant, p.Group.Value)
+		s.checkGroupExists(f, refs, tenant, p.Group.Value)
 	}
 	if err := f.err(); err != nil {
 		return nil, err
@@ -523,6 +529,7 @@ func (s *Store) UpdateKey(actor, tenant, id string, p KeyPatch) (*Key, error) {
 	now := s.now().UTC()
 	rec.UpdatedAt = now
 	c := newCommit()
+	refs.guard(c, tenant)
 	c.b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
 	c.changed(h)
 	if rec.PrevHash != nil {

@@ -43,6 +43,8 @@ const SchemaVersion = 2
 //	                               as Pebble merge operands (mergeUsage)
 //	e/<tenant>/<event id>        → Event (deleted after EventRetention)
 //	ka/<tenant>                  → key-add sequence (keyadds.go)
+//	gr/<tenant>/<group>          → reference mark (grouprefs.go)
+//	ur/<tenant>/<user>           → tokens mark (users.go)
 const (
 	pMeta      = "meta/"
 	pTenant    = "t/"
@@ -146,6 +148,9 @@ type Store struct {
 	// wmu serialises domain writes: the read-validate-write of limits and
 	// state transitions must not interleave.
 	wmu sync.Mutex
+	// fmu serialises usage flushes (usage.go); a flush does not hold wmu
+	// while it writes.
+	fmu sync.Mutex
 
 	hot atomic.Pointer[hotState]
 	hmu sync.Mutex // guards hot replacement
@@ -166,6 +171,13 @@ type Store struct {
 	// afterCommit, when set (tests), sees every domain batch and its
 	// recorded effects right after kv.Apply returned err.
 	afterCommit func(b *Batch, fx *effects, err error)
+	// beforeCommit, when set (tests), sees every domain batch just before
+	// it is written.
+	beforeCommit func(b *Batch)
+	// flushApply, when set (tests), is called with each batch a usage
+	// flush is about to write, before it is written; an error fails the
+	// write instead.
+	flushApply func(b *Batch) error
 
 	cmu       sync.Mutex
 	keyCounts map[string]int // tenant → keys, filled lazily

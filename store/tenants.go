@@ -222,18 +222,32 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	var st *Settings
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed group %q", truncate(p.DefaultGroup.Value, 64)), func() error {
+		var err error
+		st, err = s.updateSettings(actor, tenant, p)
+		return err
+	})
+	return st, err
+}
+
+// updateSettings is one attempt of UpdateSettings; the caller holds wmu.
+func (s *Store) updateSettings(actor, tenant string, p SettingsPatch) (*Settings, error) {
 	rec, err := s.tenantRecord(tenant)
 	if err != nil {
 		return nil, err
 	}
-	// Checked under the write lock: DeleteGroup refuses the default group
-	// under it too.
-	if p.DefaultGroup.Set && !p.DefaultGroup.Null {
-		if _, err := s.GetGroup(tenant, p.DefaultGroup.Value); KindOf(err) == KindNotFound {
-			return nil, invalid("default_group", fmt.Sprintf("no group %q in this tenant", truncate(p.DefaultGroup.Value, 64)))
+	// Checked under the write lock, as DeleteGroup refuses the default
+	// group, and guarded against other nodes (grouprefs.go).
+	refs := groupRefs{}
+	if g := p.DefaultGroup.Value; p.DefaultGroup.Set && !p.DefaultGroup.Null {
+		raw, err := s.kv.Get(k(pGroup+tenant, g))
+		if errors.Is(err, errKVNotFound) {
+			return nil, invalid("default_group", fmt.Sprintf("no group %q in this tenant", truncate(g, 64)))
 		} else if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("read group: %w", err)
 		}
+		refs[g] = raw
 	}
 	st := &rec.Settings
 	// detail keeps each set field's new value at the top level, plus the
@@ -278,6 +292,7 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 	now := s.now().UTC()
 	rec.UpdatedAt = now
 	c := newCommit()
+	refs.guard(c, tenant)
 	c.b.Set(k(pTenant+tenant), mustJSON(rec))
 	c.tenant(tenant) // the enable switch: read into the hot state before returning
 	s.event(&c.b, now, tenant, "settings.updated", actor, "", ch.detail(detail))

@@ -71,8 +71,9 @@ type usageBuffer struct {
 	// deleted holds keys deleted recently, with the flush count at the
 	// time: Flush writes usage blindly (Batch.Merge), so without this a use
 	// recorded by a request that verified just before the delete would
-	// recreate the key's usage record. Its own lock: local deletes forget
-	// under Store.wmu, another node's (the KV's watch goroutine) without it.
+	// recreate the key's usage record (see also Store.sweepDeleted). Its
+	// own lock: local deletes forget under Store.wmu, another node's (the
+	// KV's watch goroutine) without it.
 	dmu     sync.Mutex
 	deleted map[string]uint64
 	flushes uint64
@@ -187,7 +188,7 @@ func (u *usageBuffer) forget(id string) {
 // skipDeleted removes keys deleted recently from deltas and forgets the
 // deletions old enough that no request can still record a use: the one
 // that verified just before a delete records it right after, long before
-// two flush intervals pass. The caller holds Store.wmu.
+// two flush intervals pass. The caller holds Store.fmu.
 func (u *usageBuffer) skipDeleted(deltas map[string]*usageDelta) {
 	u.dmu.Lock()
 	defer u.dmu.Unlock()
@@ -198,6 +199,19 @@ func (u *usageBuffer) skipDeleted(deltas map[string]*usageDelta) {
 			delete(u.deleted, id)
 		}
 	}
+}
+
+// deletedOf returns those of ids that were deleted recently, each once.
+func (u *usageBuffer) deletedOf(ids []string) []string {
+	u.dmu.Lock()
+	defer u.dmu.Unlock()
+	var out []string
+	for i, id := range ids {
+		if _, ok := u.deleted[id]; ok && (i == 0 || ids[i-1] != id) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 func (u *usageBuffer) take() map[string]*usageDelta {
@@ -332,14 +346,22 @@ func (s *Store) flushTick(every time.Duration) {
 // (at most one per key per deniedSummaryInterval, see denied.go). Each key's
 // usage is a blind merge (mergeUsage combines it with the stored record), so
 // a flush reads nothing. Keys deleted meanwhile are skipped.
+//
+// A flush does not hold the domain write lock (wmu) while it writes: on
+// etcd one takes seconds, and a revocation must not wait behind it. Keys
+// deleted before the flush took its deltas are skipped (skipDeleted); a
+// delete that runs while a part is being written is met by sweepDeleted,
+// which takes wmu only to look the part's keys up.
 func (s *Store) Flush() error { return s.flush(false) }
 
 // flush is Flush; final (the flush of Close) also reports every denial
 // still waiting for its summary interval.
 func (s *Store) flush(final bool) error {
+	// One flush at a time: the denied summaries and the deletion ages
+	// change only here.
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
 	deltas := s.usage.take()
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	s.usage.skipDeleted(deltas)
 	now := s.now().UTC()
 	fresh := map[string]deniedReport{}

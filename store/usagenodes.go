@@ -119,8 +119,10 @@ func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas m
 		if err := s.applyUsage(b); err != nil {
 			s.flushes.failures.Add(1)
 			s.usage.restore(deltas, now) // the next flush retries them
+			s.sweepDeleted(ids)          // a failed write may have committed (etcd timeout)
 			return fmt.Errorf("flush usage (kept for the next flush): %w", err)
 		}
+		s.sweepDeleted(ids)
 		s.denied.commit(plan, now)
 		return nil
 	}
@@ -158,14 +160,37 @@ func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas m
 				}
 			}
 			s.usage.restore(left, now)
+			s.sweepDeleted(chunkIDs[i]) // a failed write may have committed (etcd timeout)
 			if i > 0 {
 				s.denied.commit(plan, now) // the events went with the first chunk
 			}
 			return fmt.Errorf("flush usage (%d of %d parts written, the rest kept for the next flush): %w", i, len(chunks), err)
 		}
+		s.sweepDeleted(chunkIDs[i])
 	}
 	s.denied.commit(plan, now)
 	return nil
+}
+
+// sweepDeleted deletes the usage records a flush just wrote for those of
+// ids (the keys of the part it wrote) that were deleted meanwhile. A local
+// delete reads the key's usage records, commits their deletion and marks
+// the key deleted (usageBuffer.forget) all under wmu, so looking the marks
+// up under wmu happens either before the delete read the records, which
+// then include what the flush wrote, or after it marked the key, and then
+// the records are deleted here (the key id is never reused, and later
+// flushes skip it). The flush itself holds wmu only for that look-up.
+func (s *Store) sweepDeleted(ids []string) {
+	s.wmu.Lock()
+	gone := s.usage.deletedOf(ids)
+	s.wmu.Unlock()
+	for _, id := range gone {
+		var b Batch
+		s.deleteUsageInto(&b, id)
+		if err := s.applyUsage(&b); err != nil {
+			s.log.Errorf("usage flush: key %s was deleted while its usage was written; that usage record is left behind: %v", id, err)
+		}
+	}
 }
 
 // applyUsage writes a batch of usage records and events: they affect
@@ -173,6 +198,11 @@ func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas m
 // this store's own so the KV's watch echo is not decoded as another node's
 // commit (commit.go).
 func (s *Store) applyUsage(b *Batch) error {
+	if s.flushApply != nil {
+		if err := s.flushApply(b); err != nil {
+			return err
+		}
+	}
 	s.local.add(b)
 	defer s.local.remove(b)
 	return s.kv.Apply(b, true)

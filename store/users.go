@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/rand"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -77,8 +78,37 @@ func (s *Store) ListUsers(tenant, cursor string, limit int) ([]*User, string, er
 func (s *Store) DeleteUser(actor, tenant, id string) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if _, err := s.GetUser(tenant, id); err != nil {
-		return err
+	return s.retryConflicts(fmt.Sprintf("other nodes changed user %q", truncate(id, 64)), func() error {
+		return s.deleteUser(actor, tenant, id)
+	})
+}
+
+// pUserRefs holds each user's token mark:
+//
+//	ur/<tenant>/<user> → random bytes, rewritten by each CreateToken for it
+//
+// A token is issued only to an existing user, and DeleteUser revokes every
+// token of the user; across nodes the two are kept apart as a group and
+// the keys naming it are (grouprefs.go): CreateToken expects the user
+// record unchanged and rewrites the mark, DeleteUser reads the mark before
+// it lists the tokens and expects mark and user unchanged. Otherwise a
+// token issued at the moment of the delete would stay active, and work
+// again once a user of that id is created anew.
+const pUserRefs = "ur/"
+
+// deleteUser is one attempt of DeleteUser; the caller holds wmu.
+func (s *Store) deleteUser(actor, tenant, id string) error {
+	mark, err := s.kv.Get(k(pUserRefs+tenant, id))
+	if errors.Is(err, errKVNotFound) {
+		mark = nil
+	} else if err != nil {
+		return fmt.Errorf("read tokens mark of user %q: %w", id, err)
+	}
+	raw, err := s.kv.Get(k(pUser+tenant, id))
+	if errors.Is(err, errKVNotFound) {
+		return notFound("user", id)
+	} else if err != nil {
+		return fmt.Errorf("read user: %w", err)
 	}
 	now := s.now().UTC()
 	c := newCommit()
@@ -112,7 +142,10 @@ func (s *Store) DeleteUser(actor, tenant, id string) error {
 		}
 		keys = append(keys, rec.ID)
 	}
+	c.b.Expect(k(pUserRefs+tenant, id), mark)
+	c.b.Expect(k(pUser+tenant, id), raw)
 	c.b.Delete(k(pUser+tenant, id))
+	c.b.Delete(k(pUserRefs+tenant, id))
 	s.event(&c.b, now, tenant, "user.deleted", actor, "", map[string]any{"user": id, "tokens_revoked": tokens, "keys_revoked": keys})
 	return s.commit(c)
 }
@@ -137,8 +170,23 @@ func (s *Store) CreateToken(actor, tenant, user string, in TokenInput) (*Token, 
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if _, err := s.GetUser(tenant, user); err != nil {
-		return nil, "", err
+	var tok *Token
+	var secret string
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed user %q", truncate(user, 64)), func() error {
+		var err error
+		tok, secret, err = s.createToken(actor, tenant, user, in, now)
+		return err
+	})
+	return tok, secret, err
+}
+
+// createToken is one attempt of CreateToken; the caller holds wmu.
+func (s *Store) createToken(actor, tenant, user string, in TokenInput, now time.Time) (*Token, string, error) {
+	raw, err := s.kv.Get(k(pUser+tenant, user))
+	if errors.Is(err, errKVNotFound) {
+		return nil, "", notFound("user", user)
+	} else if err != nil {
+		return nil, "", fmt.Errorf("read user: %w", err)
 	}
 	secret := NewSecret(TokenPrefix)
 	t := tokenRecord{
@@ -150,6 +198,8 @@ func (s *Store) CreateToken(actor, tenant, user string, in TokenInput) (*Token, 
 		t.ExpiresAt = &e
 	}
 	c := newCommit()
+	c.b.Expect(k(pUser+tenant, user), raw)
+	c.b.Set(k(pUserRefs+tenant, user), []byte(rand.Text()))
 	c.b.Set(k(pToken+t.ID), mustJSON(t))
 	c.b.Set(hashKey(pTokenHash, t.Hash), []byte(t.ID))
 	c.b.Set(k(pTokenUser+tenant, user, t.ID), nil)
