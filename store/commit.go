@@ -75,6 +75,11 @@ import (
 //     another node (the records decide what ended), since invalidating more
 //     than needed never admits anything.
 //
+// Across nodes, no write built on what it read before another node's
+// commit can commit after it (each expects the records it read unchanged,
+// keyguard.go): a rotation cannot bring back a secret revoked meanwhile, nor
+// a revoke or delete miss the secret a rotation issued meanwhile.
+//
 // Across nodes the same holds once the watch has delivered the commit; a
 // node that cannot know what changed (a compacted watch, a reconnection
 // gap) calls ReloadAll, which drops every cached verification at once. On

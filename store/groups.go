@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -109,7 +110,23 @@ func (s *Store) PutGroup(actor, tenant, name string, in GroupInput) (*Group, err
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	var g *Group
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed group %q", name), func() error {
+		var err error
+		g, err = s.putGroup(actor, tenant, name, in)
+		return err
+	})
+	return g, err
+}
+
+// putGroup is one attempt of PutGroup; the caller holds wmu. The group
+// replaced (or its absence) is expected unchanged (keyguard.go).
+func (s *Store) putGroup(actor, tenant, name string, in GroupInput) (*Group, error) {
 	if _, err := s.tenantRecord(tenant); err != nil {
+		return nil, err
+	}
+	raw, err := s.readRaw(k(pGroup+tenant, name), "group")
+	if err != nil {
 		return nil, err
 	}
 	now := s.now().UTC()
@@ -119,7 +136,11 @@ func (s *Store) PutGroup(actor, tenant, name string, in GroupInput) (*Group, err
 	}
 	typ := "group.created"
 	detail := map[string]any{"group": name}
-	if old, err := s.GetGroup(tenant, name); err == nil {
+	if raw != nil {
+		old := new(Group)
+		if err := json.Unmarshal(raw, old); err != nil {
+			return nil, fmt.Errorf("decode group %q: %w", name, err)
+		}
 		g.CreatedAt = old.CreatedAt
 		typ = "group.updated"
 		var ch changes
@@ -127,10 +148,9 @@ func (s *Store) PutGroup(actor, tenant, name string, in GroupInput) (*Group, err
 		ch.add("rules", old.Rules, g.Rules)
 		ch.add("rate_limit", old.RateLimit, g.RateLimit)
 		detail = ch.detail(detail)
-	} else if KindOf(err) != KindNotFound {
-		return nil, err
 	}
 	c := newCommit()
+	c.b.Expect(k(pGroup+tenant, name), raw)
 	c.b.Set(k(pGroup+tenant, name), mustJSON(g))
 	c.group(tenant, name)
 	s.event(&c.b, now, tenant, typ, actor, "", detail)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 )
 
@@ -103,15 +102,5 @@ func (ka *keyAdds) guard(c *commit) {
 // again while its commit conflicts with another node's. The caller holds
 // wmu: on one node there is no one else to conflict with.
 func (s *Store) retryKeyAdds(tenant string, add func() error) error {
-	for attempt := 1; ; attempt++ {
-		err := add()
-		if !errors.Is(err, errKVConflict) {
-			return err
-		}
-		if attempt == keyAddAttempts {
-			return fmt.Errorf("%w: other nodes added keys to tenant %q during each of %d attempts; nothing was created, try again",
-				ErrUnavailable, tenant, attempt)
-		}
-		time.Sleep(rand.N(time.Duration(attempt) * keyAddBackoff))
-	}
+	return s.retryConflicts(fmt.Sprintf("other nodes added keys to tenant %q", tenant), add)
 }

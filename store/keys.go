@@ -481,7 +481,7 @@ func (s *Store) UpdateKey(actor, tenant, id string, p KeyPatch) (*Key, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	var key *Key
-	err := s.retryConflicts(fmt.Sprintf("other nodes changed group %q", truncate(p.Group.Value, 64)), func() error {
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed key %q (or its group)", truncate(id, 64)), func() error {
 		var err error
 		key, err = s.updateKey(actor, tenant, id, p, f, allow)
 		return err
@@ -505,7 +505,7 @@ func (s *Store) updateKey(actor, tenant, id string, p KeyPatch, f fieldErrors, a
 	if err != nil {
 		return nil, err
 	}
-	rec, h, err := s.loadKey(tenant, id)
+	rec, h, raw, err := s.loadKeyRaw(tenant, id)
 	if err != nil {
 		return nil, err
 	}
@@ -530,6 +530,7 @@ func (s *Store) updateKey(actor, tenant, id string, p KeyPatch, f fieldErrors, a
 	rec.UpdatedAt = now
 	c := newCommit()
 	refs.guard(c, tenant)
+	expectKey(c, h, raw) // keyguard.go
 	c.b.Set(hashKey(pKeyHash, h), encodeKeyRecord(rec))
 	c.changed(h)
 	if rec.PrevHash != nil {
@@ -566,7 +567,7 @@ func (s *Store) RotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 	defer s.wmu.Unlock()
 	var key *Key
 	var secret string
-	err := s.retryKeyAdds(tenant, func() error {
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed key %q or added keys to tenant %q", truncate(id, 64), tenant), func() error {
 		var err error
 		key, secret, err = s.rotateKey(actor, tenant, id, in)
 		return err
@@ -583,7 +584,7 @@ func (s *Store) rotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 		return nil, "", err
 	}
 	st := &ka.trec.Settings
-	rec, oldHash, err := s.loadKey(tenant, id)
+	rec, oldHash, raw, err := s.loadKeyRaw(tenant, id)
 	if err != nil {
 		return nil, "", err
 	}
@@ -633,6 +634,9 @@ func (s *Store) rotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 	if expired {
 		ka.guard(c)
 	}
+	// A revoke (or another rotation) committed since the read makes this
+	// one read again (keyguard.go): it never brings back what that ended.
+	expectKey(c, oldHash, raw)
 	if rec.PrevHash != nil { // an earlier rotation's grace secret ends now
 		c.b.Delete(hashKey(pKeyHash, *rec.PrevHash))
 		c.ended(*rec.PrevHash, "", time.Time{}, "invalid_key")
@@ -689,11 +693,22 @@ func (s *Store) revokeInto(c *commit, rec *keyRecord, h SecretHash, actor string
 func (s *Store) RevokeKey(actor, tenant, id string) (*Key, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	var key *Key
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed key %q", truncate(id, 64)), func() error {
+		var err error
+		key, err = s.revokeKey(actor, tenant, id)
+		return err
+	})
+	return key, err
+}
+
+// revokeKey is one attempt of RevokeKey; the caller holds wmu.
+func (s *Store) revokeKey(actor, tenant, id string) (*Key, error) {
 	st, err := s.settingsOf(tenant)
 	if err != nil {
 		return nil, err
 	}
-	rec, h, err := s.loadKey(tenant, id)
+	rec, h, raw, err := s.loadKeyRaw(tenant, id)
 	if err != nil {
 		return nil, err
 	}
@@ -702,6 +717,7 @@ func (s *Store) RevokeKey(actor, tenant, id string) (*Key, error) {
 	if err := s.revokeInto(c, rec, h, actor, now, nil); err != nil {
 		return nil, err
 	}
+	expectKey(c, h, raw) // a rotation meanwhile: revoke the rotated key
 	if err := s.commit(c); err != nil {
 		return nil, err
 	}
@@ -722,6 +738,18 @@ func (s *Store) RevokeKeys(actor, tenant string, ids []string) ([]RevokeResult, 
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	var results []RevokeResult
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed keys of tenant %q", tenant), func() error {
+		var err error
+		results, err = s.revokeKeys(actor, tenant, ids)
+		return err
+	})
+	return results, err
+}
+
+// revokeKeys is one attempt of RevokeKeys; the caller holds wmu. Each key
+// revoked is expected unchanged (keyguard.go).
+func (s *Store) revokeKeys(actor, tenant string, ids []string) ([]RevokeResult, error) {
 	if _, err := s.tenantRecord(tenant); err != nil {
 		return nil, err
 	}
@@ -737,8 +765,11 @@ func (s *Store) RevokeKeys(actor, tenant string, ids []string) ([]RevokeResult, 
 		} else {
 			var rec *keyRecord
 			var h SecretHash
-			if rec, h, err = s.loadKey(tenant, id); err == nil {
-				err = s.revokeInto(c, rec, h, actor, now, nil)
+			var raw []byte
+			if rec, h, raw, err = s.loadKeyRaw(tenant, id); err == nil {
+				if err = s.revokeInto(c, rec, h, actor, now, nil); err == nil {
+					expectKey(c, h, raw)
+				}
 			}
 		}
 		if err != nil {
@@ -781,7 +812,16 @@ func (s *Store) deleteInto(c *commit, rec *keyRecord, h SecretHash, actor string
 func (s *Store) DeleteKey(actor, tenant, id string) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	rec, h, err := s.loadKey(tenant, id)
+	return s.retryConflicts(fmt.Sprintf("other nodes changed key %q", truncate(id, 64)), func() error {
+		return s.deleteKey(actor, tenant, id)
+	})
+}
+
+// deleteKey is one attempt of DeleteKey; the caller holds wmu. The key is
+// expected unchanged (keyguard.go): a delete built on a record from before
+// a rotation would leave the rotated secret's record behind.
+func (s *Store) deleteKey(actor, tenant, id string) error {
+	rec, h, raw, err := s.loadKeyRaw(tenant, id)
 	if err != nil {
 		return err
 	}
@@ -792,6 +832,7 @@ func (s *Store) DeleteKey(actor, tenant, id string) error {
 		return err
 	}
 	c := newCommit()
+	expectKey(c, h, raw)
 	s.deleteInto(c, rec, h, actor, s.now().UTC())
 	return s.commit(c)
 }
@@ -800,6 +841,18 @@ func (s *Store) DeleteKey(actor, tenant, id string) error {
 func (s *Store) DeleteOwnerKeys(actor, tenant, owner string) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	var n int
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed keys of %q", truncate(owner, 64)), func() error {
+		var err error
+		n, err = s.deleteOwnerKeys(actor, tenant, owner)
+		return err
+	})
+	return n, err
+}
+
+// deleteOwnerKeys is one attempt of DeleteOwnerKeys; the caller holds wmu.
+// Each key is expected unchanged (keyguard.go).
+func (s *Store) deleteOwnerKeys(actor, tenant, owner string) (int, error) {
 	if _, err := s.tenantRecord(tenant); err != nil {
 		return 0, err
 	}
@@ -812,15 +865,21 @@ func (s *Store) DeleteOwnerKeys(actor, tenant, owner string) (int, error) {
 	}
 	now := s.now().UTC()
 	c := newCommit()
-	for _, rec := range recs {
-		_, h, err := s.loadKey(tenant, rec.ID)
+	n := 0
+	for _, r := range recs {
+		rec, h, raw, err := s.loadKeyRaw(tenant, r.ID)
+		if KindOf(err) == KindNotFound {
+			continue // deleted through another node since the scan
+		}
 		if err != nil {
 			return 0, err
 		}
+		expectKey(c, h, raw)
 		s.deleteInto(c, rec, h, actor, now)
+		n++
 	}
 	if err := s.commit(c); err != nil {
 		return 0, err
 	}
-	return len(recs), nil
+	return n, nil
 }

@@ -149,7 +149,19 @@ func (s *Store) UpdateTenant(actor, id string, p TenantPatch) (*Tenant, error) {
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	rec, err := s.tenantRecord(id)
+	var t *Tenant
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed tenant %q", id), func() error {
+		var err error
+		t, err = s.updateTenant(actor, id, p)
+		return err
+	})
+	return t, err
+}
+
+// updateTenant is one attempt of UpdateTenant; the caller holds wmu. The
+// record is expected unchanged (keyguard.go).
+func (s *Store) updateTenant(actor, id string, p TenantPatch) (*Tenant, error) {
+	rec, raw, err := s.readTenantRaw(id)
 	if err != nil {
 		return nil, err
 	}
@@ -174,6 +186,7 @@ func (s *Store) UpdateTenant(actor, id string, p TenantPatch) (*Tenant, error) {
 	now := s.now().UTC()
 	rec.UpdatedAt = now
 	c := newCommit()
+	c.b.Expect(k(pTenant+id), raw)
 	c.b.Set(k(pTenant+id), mustJSON(rec))
 	c.tenant(id)
 	s.event(&c.b, now, id, "tenant.updated", actor, "", ch.detail(detail))
@@ -223,7 +236,7 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	var st *Settings
-	err := s.retryConflicts(fmt.Sprintf("other nodes changed group %q", truncate(p.DefaultGroup.Value, 64)), func() error {
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed tenant %q (or group %q)", tenant, truncate(p.DefaultGroup.Value, 64)), func() error {
 		var err error
 		st, err = s.updateSettings(actor, tenant, p)
 		return err
@@ -233,7 +246,7 @@ func (s *Store) UpdateSettings(actor, tenant string, p SettingsPatch) (*Settings
 
 // updateSettings is one attempt of UpdateSettings; the caller holds wmu.
 func (s *Store) updateSettings(actor, tenant string, p SettingsPatch) (*Settings, error) {
-	rec, err := s.tenantRecord(tenant)
+	rec, raw, err := s.readTenantRaw(tenant)
 	if err != nil {
 		return nil, err
 	}
@@ -241,13 +254,13 @@ func (s *Store) updateSettings(actor, tenant string, p SettingsPatch) (*Settings
 	// group, and guarded against other nodes (grouprefs.go).
 	refs := groupRefs{}
 	if g := p.DefaultGroup.Value; p.DefaultGroup.Set && !p.DefaultGroup.Null {
-		raw, err := s.kv.Get(k(pGroup+tenant, g))
+		graw, err := s.kv.Get(k(pGroup+tenant, g))
 		if errors.Is(err, errKVNotFound) {
 			return nil, invalid("default_group", fmt.Sprintf("no group %q in this tenant", truncate(g, 64)))
 		} else if err != nil {
 			return nil, fmt.Errorf("read group: %w", err)
 		}
-		refs[g] = raw
+		refs[g] = graw
 	}
 	st := &rec.Settings
 	// detail keeps each set field's new value at the top level, plus the
@@ -293,6 +306,9 @@ func (s *Store) updateSettings(actor, tenant string, p SettingsPatch) (*Settings
 	rec.UpdatedAt = now
 	c := newCommit()
 	refs.guard(c, tenant)
+	// Another node's change since the read (a disable!) is never
+	// overwritten with what was read before it (keyguard.go).
+	c.b.Expect(k(pTenant+tenant), raw)
 	c.b.Set(k(pTenant+tenant), mustJSON(rec))
 	c.tenant(tenant) // the enable switch: read into the hot state before returning
 	s.event(&c.b, now, tenant, "settings.updated", actor, "", ch.detail(detail))

@@ -3,6 +3,7 @@ package store
 import (
 	"crypto/rand"
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -32,17 +33,36 @@ func (s *Store) PutUser(actor, tenant, id string, roles []Role) (*User, error) {
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	var u *User
+	err := s.retryConflicts(fmt.Sprintf("other nodes changed user %q", truncate(id, 64)), func() error {
+		var err error
+		u, err = s.putUser(actor, tenant, id, clean)
+		return err
+	})
+	return u, err
+}
+
+// putUser is one attempt of PutUser; the caller holds wmu. The user
+// replaced (or its absence) is expected unchanged (keyguard.go).
+func (s *Store) putUser(actor, tenant, id string, clean []Role) (*User, error) {
 	if _, err := s.tenantRecord(tenant); err != nil {
+		return nil, err
+	}
+	raw, err := s.readRaw(k(pUser+tenant, id), "user")
+	if err != nil {
 		return nil, err
 	}
 	now := s.now().UTC()
 	u := User{ID: id, Tenant: tenant, Roles: clean, CreatedAt: now, UpdatedAt: now}
-	if old, err := s.GetUser(tenant, id); err == nil {
+	if raw != nil {
+		old := new(User)
+		if err := json.Unmarshal(raw, old); err != nil {
+			return nil, fmt.Errorf("decode user %q: %w", id, err)
+		}
 		u.CreatedAt = old.CreatedAt
-	} else if KindOf(err) != KindNotFound {
-		return nil, err
 	}
 	c := newCommit()
+	c.b.Expect(k(pUser+tenant, id), raw)
 	c.b.Set(k(pUser+tenant, id), mustJSON(u))
 	s.event(&c.b, now, tenant, "user.updated", actor, "", map[string]any{"user": id, "roles": clean})
 	if err := s.commit(c); err != nil {
@@ -129,14 +149,20 @@ func (s *Store) deleteUser(actor, tenant, id string) error {
 		return err
 	}
 	keys := []string{}
-	for _, rec := range recs {
-		if rec.RevokedAt != nil || rec.ExpiresAt != nil && !now.Before(*rec.ExpiresAt) {
-			continue
+	for _, r := range recs {
+		rec, h, kraw, err := s.loadKeyRaw(tenant, r.ID)
+		if KindOf(err) == KindNotFound {
+			continue // deleted through another node since the scan
 		}
-		_, h, err := s.loadKey(tenant, rec.ID)
 		if err != nil {
 			return err
 		}
+		if rec.RevokedAt != nil || rec.ExpiresAt != nil && !now.Before(*rec.ExpiresAt) {
+			continue
+		}
+		// Expected unchanged (keyguard.go): a rotation meanwhile must
+		// not keep the rotated secret out of the revocation.
+		expectKey(c, h, kraw)
 		if err := s.revokeInto(c, rec, h, actor, now, map[string]any{"reason": "user deleted", "user": id}); err != nil {
 			return err
 		}
