@@ -76,20 +76,40 @@ func (t *hitTable) put(ck uint64, v *KeyView, evict bool) {
 	b := t.bucket(ck)
 	for i := range b {
 		if o := b[i].Load(); o == nil || o.hash == v.hash {
-			b[i].Store(v)
+			leave(b[i].Swap(v), v)
 			return
 		}
 	}
 	if evict {
-		b[ck>>63].Store(v)
+		leave(b[ck>>63].Swap(v), v)
 	}
+}
+
+// leave is called for a view o that left the table (replaced by v, or
+// removed with v nil): it drops o's pointer to its usage delta. Only views
+// in the table keep one (usage.go), so that dropTaken, which walks the
+// table, reaches every view whose delta a flush took, and no view outside
+// keeps a taken delta alive. A request that still holds o re-attaches
+// through the usage map.
+func leave(o, v *KeyView) {
+	if o != nil && o != v {
+		o.use.Store(nil)
+	}
+}
+
+// holds reports whether v is in the table (cached under ck).
+func (t *hitTable) holds(ck uint64, v *KeyView) bool {
+	b := t.bucket(ck)
+	return b[0].Load() == v || b[1].Load() == v
 }
 
 // remove clears the slots holding v (a newer view of its secret stays).
 func (t *hitTable) remove(ck uint64, v *KeyView) {
 	b := t.bucket(ck)
 	for i := range b {
-		b[i].CompareAndSwap(v, nil)
+		if b[i].CompareAndSwap(v, nil) {
+			leave(v, nil)
+		}
 	}
 }
 
@@ -97,8 +117,8 @@ func (t *hitTable) remove(ck uint64, v *KeyView) {
 func (t *hitTable) removeHash(h SecretHash) {
 	b := t.bucket(h.cacheKey())
 	for i := range b {
-		if v := b[i].Load(); v != nil && v.hash == h {
-			b[i].CompareAndSwap(v, nil)
+		if v := b[i].Load(); v != nil && v.hash == h && b[i].CompareAndSwap(v, nil) {
+			leave(v, nil)
 		}
 	}
 }
@@ -127,10 +147,10 @@ func (c *cacheCounters) load() (hits, misses uint64) {
 	return hits, misses
 }
 
-// dropTaken points the cached views whose usage delta a flush has taken
-// (usage.go) away from it, so that a view idle since does not keep the
-// delta alive. A cached view that is not in the table keeps its pointer
-// until its next request: at most one taken delta per such view.
+// dropTaken points the views in the table whose usage delta a flush has
+// taken (usage.go) away from it, so that a view idle since does not keep
+// the delta alive. Views outside the table hold no delta (see leave), but
+// for one that left the table between a request's check and its attach.
 func (t *hitTable) dropTaken() {
 	for i := range t.slots {
 		if v := t.slots[i].Load(); v != nil {

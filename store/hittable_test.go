@@ -140,3 +140,37 @@ func TestRecordUseConcurrentFlushes(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageDeltaOnlyOnTableViews: only a view in the hit table points to
+// its usage delta; one that leaves the table (evicted, replaced, removed)
+// drops the pointer and counts through the usage map, so that no view a
+// flush cannot reach keeps a taken delta alive. Nothing is lost either way.
+func TestUsageDeltaOnlyOnTableViews(t *testing.T) {
+	clk := newClock()
+	s := memStore(t, clk)
+	enable(t, s, DefaultTenant)
+	key, secret := mustKey(t, s, DefaultTenant, "alice", KeyInput{})
+	v, verd, err := s.Verify(DefaultTenant, secret, clk.Now())
+	if err != nil || verd != VerdictValid {
+		t.Fatal(verd, err)
+	}
+	ip := netip.MustParseAddr("192.0.2.1")
+	s.RecordUse(v, ip, OutcomeOK, clk.Now())
+	if v.use.Load() == nil {
+		t.Fatal("a view in the table does not point to its delta")
+	}
+	s.vcache.table.remove(v.hash.cacheKey(), v) // as ristretto's OnEvict does
+	if v.use.Load() != nil {
+		t.Fatal("a view that left the table still points to its delta")
+	}
+	s.RecordUse(v, ip, OutcomeOK, clk.Now())
+	if v.use.Load() != nil {
+		t.Fatal("a view outside the table was pointed to its delta")
+	}
+	mustNil(t, s.Flush())
+	u, err := s.Usage(DefaultTenant, key.ID)
+	mustNil(t, err)
+	if u.Total != 2 {
+		t.Fatalf("%d requests counted, want 2", u.Total)
+	}
+}

@@ -140,7 +140,7 @@ func (s *Store) RecordUse(v *KeyView, ip netip.Addr, o Outcome, now time.Time) {
 	for {
 		d := v.use.Load()
 		if d == nil {
-			d = u.attach(v)
+			d = u.attach(v, s.vcache.table.holds(v.hash.cacheKey(), v))
 		}
 		d.mu.Lock()
 		if d.taken.Load() {
@@ -156,9 +156,13 @@ func (s *Store) RecordUse(v *KeyView, ip netip.Addr, o Outcome, now time.Time) {
 	}
 }
 
-// attach returns the delta of v's key in the map (a new one if none) and
-// points v to it, unless another request did meanwhile.
-func (u *usageBuffer) attach(v *KeyView) *usageDelta {
+// attach returns the delta of v's key in the map (a new one if none) and,
+// for a view in the hit table (keep), points v to it, unless another
+// request did meanwhile. Views outside the table are not pointed to their
+// delta: a flush could not reach them to point them away from it again
+// (hittable.go, dropTaken), and each would keep a taken delta alive; they
+// look the map up on every request, as every view did before.
+func (u *usageBuffer) attach(v *KeyView, keep bool) *usageDelta {
 	sh := u.shard(v.ID)
 	sh.mu.Lock()
 	d := sh.m[v.ID]
@@ -167,7 +171,9 @@ func (u *usageBuffer) attach(v *KeyView) *usageDelta {
 		sh.m[v.ID] = d
 	}
 	sh.mu.Unlock()
-	v.use.CompareAndSwap(nil, d)
+	if keep {
+		v.use.CompareAndSwap(nil, d)
+	}
 	return d
 }
 
