@@ -74,6 +74,9 @@ type usageBuffer struct {
 	limit   int64
 	minutes atomic.Int64  // per-minute counts buffered
 	dropped atomic.Uint64 // requests whose per-minute count was dropped
+	// inFlight counts keys a flush has taken and not yet written or put
+	// back (PendingUsage counts them).
+	inFlight atomic.Int64
 
 	// deleted holds keys deleted recently, with the flush count at the
 	// time: Flush writes usage blindly (Batch.Merge), so without this a use
@@ -270,8 +273,10 @@ func (u *usageBuffer) skipDeleted(deltas map[string]*usageDelta) {
 	}
 }
 
-// take removes every buffered delta (released: see RecordUse). The views
-// that still point to one are pointed away by dropTaken.
+// take removes every buffered delta (released: see RecordUse) and counts
+// them in inFlight, which the caller decreases once they are written or
+// put back. The views that still point to one are pointed away by
+// dropTaken.
 func (u *usageBuffer) take() map[string]*usageDelta {
 	out := map[string]*usageDelta{}
 	for i := range u.shards {
@@ -286,6 +291,7 @@ func (u *usageBuffer) take() map[string]*usageDelta {
 			}
 			// The next period uses about as many keys: sized, the map
 			// does not grow through every doubling again.
+			u.inFlight.Add(int64(len(sh.m))) // before the map is out of sight
 			sh.m = make(map[string]*usageDelta, len(sh.m))
 			u.minutes.Add(-int64(n))
 		}
@@ -415,8 +421,12 @@ func (s *Store) Flush() error { return s.flush(false) }
 // flush is Flush; final (the flush of Close) also reports every denial
 // still waiting for its summary interval.
 func (s *Store) flush(final bool) error {
-	deltas := s.usage.take()
-	s.vcache.table.dropTaken()
+	deltas := s.usage.take() // counted in inFlight until written or put back
+	taken := int64(len(deltas))
+	defer func() {
+		s.usage.inFlight.Add(-taken)
+		s.vcache.table.dropTaken()
+	}()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.usage.skipDeleted(deltas)
