@@ -18,13 +18,15 @@ import (
 // Ristretto remains the bounded cache that decides what stays: a view goes
 // into the table when it is set in ristretto (before the Set, so that the
 // rejection, which ristretto reports asynchronously, always comes after)
-// or found there, and leaves it when ristretto evicts or rejects it
-// (OnEvict, OnReject) or its secret is invalidated. A lost race (a view
-// found in ristretto just as it is evicted) leaves a view in the table that
-// ristretto no longer holds, until its slot is reused: the table never
-// holds more views than it has slots. Its policy learns of table hits by
-// sampling: one hit in policySample also calls ristretto's Get, so hot keys
-// keep counting as hot when the cache is full and must choose victims.
+// or found there (and is looked up again after the put, in case it was
+// evicted in between), and leaves it when ristretto evicts or rejects it
+// (OnEvict, OnReject) or its secret is invalidated: the table holds no view
+// that ristretto does not. Its policy learns of table hits by sampling: one
+// hit in policySample also calls ristretto's Get, so hot keys keep counting
+// as hot when the cache is full and must choose victims. Under churn (more
+// keys than entries) the table holds only part of what ristretto does: a
+// fill is put only into a free slot, and the slot its admission frees comes
+// after; such views are answered by ristretto, and put on their first hit.
 //
 // The table decides nothing about admission: a view is used only when its
 // secret hash and generation are current, exactly as for a ristretto hit

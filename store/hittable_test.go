@@ -20,7 +20,8 @@ func tableViews(s *Store) []*KeyView {
 
 // TestHitTableFollowsRistretto: with far more keys than cache entries, the
 // table holds only views that ristretto holds too (what ristretto evicts or
-// rejects leaves the table), so it never keeps more than the cache bound.
+// rejects leaves the table), so it never keeps more than the cache bound;
+// and a key found in ristretto is answered from the table afterwards.
 func TestHitTableFollowsRistretto(t *testing.T) {
 	clk := newClock()
 	const entries = 64
@@ -31,28 +32,50 @@ func TestHitTableFollowsRistretto(t *testing.T) {
 		_, sec := mustKey(t, s, DefaultTenant, "owner"+strconv.Itoa(i%100), KeyInput{})
 		secrets = append(secrets, sec)
 	}
-	for range 3 {
+	check := func(stage string) []*KeyView {
+		t.Helper()
+		views := tableViews(s)
+		if len(views) > entries {
+			t.Fatalf("%s: %d views in the table of a %d-entry cache", stage, len(views), entries)
+		}
+		for _, v := range views {
+			if got, ok := s.vcache.pos.Get(v.hash.cacheKey()); !ok || got != v {
+				t.Fatalf("%s: the table holds a view ristretto does not (found %v)", stage, ok)
+			}
+		}
+		return views
+	}
+	for round := range 3 { // fills, admissions, rejections and evictions
 		for _, sec := range secrets {
 			if v := verdict(t, s, DefaultTenant, sec, clk.Now()); v != VerdictValid {
 				t.Fatal(vname(v))
 			}
 		}
 		s.Wait()
+		check("round " + strconv.Itoa(round))
 	}
-	views := tableViews(s)
-	if len(views) == 0 || len(views) > entries {
-		t.Fatalf("%d views in the table of a %d-entry cache", len(views), entries)
-	}
-	for _, v := range views {
-		if got, ok := s.vcache.pos.Get(v.hash.cacheKey()); !ok || got != v {
-			t.Fatalf("the table holds a view ristretto does not (found %v)", ok)
+	// The keys ristretto holds now are hits: each goes into the table.
+	var held []string
+	for _, sec := range secrets {
+		if _, ok := s.vcache.pos.Get(s.hasher.hash(sec).cacheKey()); ok {
+			held = append(held, sec)
 		}
 	}
-	// Every key still verifies (from ristretto, the table or the store).
-	for _, sec := range secrets {
+	for _, sec := range held {
 		if v := verdict(t, s, DefaultTenant, sec, clk.Now()); v != VerdictValid {
 			t.Fatal(vname(v))
 		}
+	}
+	s.Wait()
+	if views := check("after hits"); len(held) == 0 || len(views) == 0 {
+		t.Fatalf("%d keys held by ristretto, %d of them in the table after a hit", len(held), len(views))
+	}
+	h0, _ := s.CacheMetrics()
+	for _, sec := range held {
+		verdict(t, s, DefaultTenant, sec, clk.Now())
+	}
+	if h1, _ := s.CacheMetrics(); h1-h0 != uint64(len(held)) {
+		t.Fatalf("%d hits of %d cached keys", h1-h0, len(held))
 	}
 }
 

@@ -313,6 +313,12 @@ func (s *Store) lookup(h SecretHash) (*KeyView, error) {
 	if v, ok := c.pos.Get(ck); ok && v.gen == gen && v.hash == h {
 		c.count.hit()
 		c.table.put(ck, v, true)
+		// Ristretto may have evicted v between the Get and the put, its
+		// OnEvict finding nothing to remove: look again (without telling
+		// its policy), so the table never keeps a view ristretto dropped.
+		if _, still := c.pos.GetTTL(ck); !still {
+			c.table.remove(ck, v)
+		}
 		return v, nil
 	}
 	c.count.miss()
