@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unique"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -123,6 +124,9 @@ func (h *Handler) provisionDefaults() error {
 	if h.Tenant == "" {
 		h.Tenant = store.DefaultTenant
 	}
+	// The store interns the tenant names of its views: comparing with the
+	// same string is then a pointer compare (Store.Verify, every request).
+	h.Tenant = unique.Make(h.Tenant).Value()
 	if h.Header == "" {
 		h.Header = "X-API-Key"
 	}

@@ -1,9 +1,11 @@
 package store
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -225,6 +227,150 @@ func BenchmarkFlush(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/key")
+		})
+	}
+}
+
+// spreadKeys creates n keys in the default tenant (a bulk create per 1,000,
+// each batch its own owner) and returns their secrets in a fixed shuffled
+// order, so that cycling through them touches the views in an order
+// unrelated to their allocation (as uniform traffic over many keys does).
+func spreadKeys(b *testing.B, s *Store, n int) []string {
+	b.Helper()
+	enable(b, s, DefaultTenant)
+	secrets := make([]string, 0, n)
+	in := make([]KeyInput, 0, MaxKeysPerUserMax)
+	for len(secrets) < n {
+		in = in[:0]
+		for range min(MaxKeysPerUserMax, n-len(secrets)) {
+			in = append(in, KeyInput{Name: "bench"})
+		}
+		_, sec, err := s.CreateKeys("op", DefaultTenant, "owner"+strconv.Itoa(len(secrets)), in)
+		if err != nil {
+			b.Fatal(err)
+		}
+		secrets = append(secrets, sec...)
+	}
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(secrets), func(i, j int) { secrets[i], secrets[j] = secrets[j], secrets[i] })
+	return secrets
+}
+
+// spreadSizes are the key counts of the spread benchmarks: the load
+// benchmark's 10k keys, and ten times as many.
+var spreadSizes = []int{10_000, 100_000}
+
+// BenchmarkVerifyHitSpread: cache hits cycling through 10k (100k) distinct
+// keys, all cached (the cache holds twice as many entries). Unlike
+// BenchmarkVerifyHit, each call touches a view and cache slots that the
+// previous calls did not warm, as uniform traffic over many keys does.
+func BenchmarkVerifyHitSpread(b *testing.B) {
+	for _, n := range spreadSizes {
+		b.Run(strconv.Itoa(n/1000)+"k", func(b *testing.B) {
+			s := memStore(b, nil, func(o *Options) { o.CacheEntries = int64(2 * n) })
+			secrets := spreadKeys(b, s, n)
+			now := time.Now()
+			for range 3 { // fill the cache and let ristretto admit every entry
+				for _, sec := range secrets {
+					if _, v, err := s.Verify(DefaultTenant, sec, now); err != nil || v != VerdictValid {
+						b.Fatal(v, err)
+					}
+				}
+				s.Wait()
+			}
+			h0, m0 := s.CacheMetrics()
+			b.ReportAllocs()
+			b.ResetTimer()
+			i := 0
+			for b.Loop() {
+				if _, v, err := s.Verify(DefaultTenant, secrets[i], now); v != VerdictValid || err != nil {
+					b.Fatal(v, err)
+				}
+				if i++; i == len(secrets) {
+					i = 0
+				}
+			}
+			b.StopTimer()
+			h1, m1 := s.CacheMetrics()
+			if misses := m1 - m0; misses > (h1-h0)/100 {
+				b.Fatalf("not a hit benchmark: %d hits, %d misses", h1-h0, misses)
+			}
+		})
+	}
+}
+
+// BenchmarkVerifyHitSpreadParallel is BenchmarkVerifyHitSpread from every
+// core at once, each goroutine cycling from its own offset: what the
+// gateway does under load, where a cache line written by one core (a
+// lock word, a counter) is cold for the other.
+func BenchmarkVerifyHitSpreadParallel(b *testing.B) {
+	for _, n := range spreadSizes {
+		b.Run(strconv.Itoa(n/1000)+"k", func(b *testing.B) {
+			s := memStore(b, nil, func(o *Options) { o.CacheEntries = int64(2 * n) })
+			secrets := spreadKeys(b, s, n)
+			now := time.Now()
+			for range 3 {
+				for _, sec := range secrets {
+					if _, v, err := s.Verify(DefaultTenant, sec, now); err != nil || v != VerdictValid {
+						b.Fatal(v, err)
+					}
+				}
+				s.Wait()
+			}
+			var offset atomic.Int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(offset.Add(int64(n/7))) % n
+				for pb.Next() {
+					if _, v, err := s.Verify(DefaultTenant, secrets[i], now); v != VerdictValid || err != nil {
+						b.Error(v, err)
+						return
+					}
+					if i++; i == n {
+						i = 0
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkRecordUseSpread: one admitted request's usage bookkeeping,
+// cycling through the views of 10k (100k) distinct keys, with a flush (not
+// timed) after every six uses per key: what the load benchmark's uniform
+// scenario sees (~12k requests/s over 10k keys, a flush every 5 s).
+func BenchmarkRecordUseSpread(b *testing.B) {
+	for _, n := range spreadSizes {
+		b.Run(strconv.Itoa(n/1000)+"k", func(b *testing.B) {
+			s := memStore(b, nil, func(o *Options) { o.CacheEntries = int64(2 * n) })
+			secrets := spreadKeys(b, s, n)
+			now := time.Now()
+			views := make([]*KeyView, n)
+			for i, sec := range secrets {
+				v, verdict, err := s.Verify(DefaultTenant, sec, now)
+				if err != nil || verdict != VerdictValid {
+					b.Fatal(verdict, err)
+				}
+				views[i] = v
+			}
+			ip := netip.MustParseAddr("192.0.2.1")
+			b.ReportAllocs()
+			b.ResetTimer()
+			i, calls := 0, 0
+			for b.Loop() {
+				s.RecordUse(views[i], ip, OutcomeOK, now)
+				if i++; i == len(views) {
+					i = 0
+				}
+				if calls++; calls == 6*n {
+					b.StopTimer()
+					if err := s.Flush(); err != nil {
+						b.Fatal(err)
+					}
+					calls = 0
+					b.StartTimer()
+				}
+			}
 		})
 	}
 }

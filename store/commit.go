@@ -50,10 +50,11 @@ import (
 //     writes name the tenant. TestForeignDecodeMatchesLocal checks, for
 //     every write method, that the recorded secrets, tenants and groups are
 //     exactly those the written keys name.
-//   - Verify admits from the cache only an entry whose generation equals its
-//     secret's current generation (one stripe of verifyCache.gens, chosen by
-//     stripeOf, the store's only striping function), and every entry carries
-//     the generation loaded before the store read that produced it.
+//   - Verify admits from the cache (ristretto, or the hit table in front of
+//     it, which holds the same views) only an entry whose generation equals
+//     its secret's current generation (one stripe of verifyCache.gens, chosen
+//     by stripeOf, the store's only striping function), and every entry
+//     carries the generation loaded before the store read that produced it.
 //   - commit bumps the generation of every recorded secret after kv.Apply
 //     has returned (the write is visible to every read) and before it
 //     returns. A Verify that starts after the call answered therefore loads

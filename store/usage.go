@@ -52,7 +52,14 @@ type usageRecord struct {
 }
 
 // usageBuffer collects last-used and counters in memory; the request path
-// never writes to the store. Sharded to keep lock contention low.
+// never writes to the store. A key's buffered usage is one usageDelta, found
+// by key id in a sharded map; the cached view a request was verified with
+// keeps a pointer to it (KeyView.use), so a request counts with one lock of
+// its own delta and no map lookup, hashing or string compare (each of
+// which missed the CPU caches with 10k keys spread uniformly). The map is
+// looked up once per view and flush: when a view has no delta yet, or the
+// one it points to was taken by a flush (or its key deleted), in which case
+// the view is pointed at the map's current one (attach).
 //
 // While the store cannot be written (disk full) failed flushes put their
 // deltas back, so the buffer grows: by one last use per used key (bounded by
@@ -67,6 +74,9 @@ type usageBuffer struct {
 	limit   int64
 	minutes atomic.Int64  // per-minute counts buffered
 	dropped atomic.Uint64 // requests whose per-minute count was dropped
+	// inFlight counts keys a flush has taken and not yet written or put
+	// back (PendingUsage counts them).
+	inFlight atomic.Int64
 
 	// deleted holds keys deleted recently, with the flush count at the
 	// time: Flush writes usage blindly (Batch.Merge), so without this a use
@@ -80,17 +90,23 @@ type usageBuffer struct {
 }
 
 type usageShard struct {
-	mu sync.Mutex
+	mu sync.Mutex // guards m; taken before a delta's own mu
 	m  map[string]*usageDelta
 	_  [64 - 16]byte // one cache line each: both cores write shards on every request
 }
 
 type usageDelta struct {
-	tenant  string
+	// mu guards the fields below while the delta is in a shard's map (or
+	// a view points to it); whoever removes it from the map (take, forget)
+	// sets taken under mu, and owns it from then on.
+	mu      sync.Mutex
+	taken   atomic.Bool // also read without mu, to drop views' stale pointers
 	used    bool
+	minutes []minuteCount // starts as first[:0]: one allocation per delta
 	at      time.Time
 	ip      netip.Addr
-	minutes []minuteCount
+	first   [1]minuteCount
+	tenant  string
 	// unbucketed counts requests that have no per-minute count (the buffer
 	// was full, or the minute left the usage window while it waited): they
 	// still add to the key's totals and denied-request events.
@@ -115,33 +131,83 @@ func (u *usageBuffer) shard(id string) *usageShard {
 	return &u.shards[maphash.String(u.seed, id)%uint64(len(u.shards))]
 }
 
+func newUsageDelta(tenant string) *usageDelta {
+	d := &usageDelta{tenant: tenant}
+	d.minutes = d.first[:0]
+	return d
+}
+
 // RecordUse counts a request of an identified key; an admitted one also
 // sets last-used time and client IP. Memory only: Flush writes it.
 func (s *Store) RecordUse(v *KeyView, ip netip.Addr, o Outcome, now time.Time) {
-	sh := s.usage.shard(v.ID)
-	minute := now.Unix() / 60
+	u := s.usage
+	for {
+		d := v.use.Load()
+		if d == nil {
+			d = u.attach(v, s.vcache.table.holds(v.hash.cacheKey(), v))
+		}
+		d.mu.Lock()
+		if d.taken.Load() {
+			// Flushed (or the key deleted) since v pointed to it: count in
+			// the map's current delta.
+			d.mu.Unlock()
+			v.use.CompareAndSwap(d, nil)
+			continue
+		}
+		u.count(d, ip, o, now)
+		d.mu.Unlock()
+		return
+	}
+}
+
+// attach returns the delta of v's key in the map (a new one if none) and,
+// for a view in the hit table (keep), points v to it, unless another
+// request did meanwhile. Views outside the table are not pointed to their
+// delta: a flush could not reach them to point them away from it again
+// (hittable.go, dropTaken), and each would keep a taken delta alive; they
+// look the map up on every request, as every view did before.
+func (u *usageBuffer) attach(v *KeyView, keep bool) *usageDelta {
+	sh := u.shard(v.ID)
 	sh.mu.Lock()
 	d := sh.m[v.ID]
 	if d == nil {
-		d = &usageDelta{tenant: v.Tenant, minutes: make([]minuteCount, 0, 1)}
+		d = newUsageDelta(v.Tenant)
 		sh.m[v.ID] = d
 	}
+	sh.mu.Unlock()
+	if keep {
+		v.use.CompareAndSwap(nil, d)
+	}
+	return d
+}
+
+// count adds one request to d; the caller holds d.mu.
+func (u *usageBuffer) count(d *usageDelta, ip netip.Addr, o Outcome, now time.Time) {
+	minute := now.Unix() / 60
 	n := len(d.minutes)
 	switch {
 	case n > 0 && d.minutes[n-1].Minute == minute:
 		d.minutes[n-1].Counts[o]++
-	case s.usage.minutes.Load() < s.usage.limit:
-		s.usage.minutes.Add(1)
+	case u.minutes.Load() < u.limit:
+		u.minutes.Add(1)
 		d.minutes = append(d.minutes, minuteCount{Minute: minute})
 		d.minutes[n].Counts[o]++
 	default: // full: the store has not been writable for a long while
 		d.unbucketed[o]++
-		s.usage.dropped.Add(1)
+		u.dropped.Add(1)
 	}
 	if o == OutcomeOK {
 		d.used, d.at, d.ip = true, now, ip
 	}
-	sh.mu.Unlock()
+}
+
+// release marks d, just removed from its shard's map by the caller, as
+// taken: requests no longer count in it, and the views that point to it
+// move to the map's current delta on their next request.
+func (d *usageDelta) release() {
+	d.mu.Lock()
+	d.taken.Store(true)
+	d.mu.Unlock()
 }
 
 type lastUse struct {
@@ -154,8 +220,12 @@ func (u *usageBuffer) lastUse(id string) *lastUse {
 	sh := u.shard(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if d := sh.m[id]; d != nil && d.used {
-		return &lastUse{at: d.at, ip: d.ip.String()}
+	if d := sh.m[id]; d != nil {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.used {
+			return &lastUse{at: d.at, ip: d.ip.String()}
+		}
 	}
 	return nil
 }
@@ -165,6 +235,8 @@ func (u *usageBuffer) pending(id string) []minuteCount {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if d := sh.m[id]; d != nil {
+		d.mu.Lock()
+		defer d.mu.Unlock()
 		return append([]minuteCount(nil), d.minutes...)
 	}
 	return nil
@@ -176,8 +248,9 @@ func (u *usageBuffer) forget(id string) {
 	sh := u.shard(id)
 	sh.mu.Lock()
 	if d := sh.m[id]; d != nil {
-		u.minutes.Add(-int64(len(d.minutes)))
 		delete(sh.m, id)
+		d.release()
+		u.minutes.Add(-int64(len(d.minutes)))
 	}
 	sh.mu.Unlock()
 	u.dmu.Lock()
@@ -214,6 +287,10 @@ func (u *usageBuffer) deletedOf(ids []string) []string {
 	return out
 }
 
+// take removes every buffered delta (released: see RecordUse) and counts
+// them in inFlight, which the caller decreases once they are written or
+// put back. The views that still point to one are pointed away by
+// dropTaken.
 func (u *usageBuffer) take() map[string]*usageDelta {
 	out := map[string]*usageDelta{}
 	for i := range u.shards {
@@ -222,10 +299,14 @@ func (u *usageBuffer) take() map[string]*usageDelta {
 		if len(sh.m) > 0 {
 			n := 0
 			for id, d := range sh.m {
+				d.release()
 				out[id] = d
 				n += len(d.minutes)
 			}
-			sh.m = map[string]*usageDelta{}
+			// The next period uses about as many keys: sized, the map
+			// does not grow through every doubling again.
+			u.inFlight.Add(int64(len(sh.m))) // before the map is out of sight
+			sh.m = make(map[string]*usageDelta, len(sh.m))
 			u.minutes.Add(-int64(n))
 		}
 		sh.mu.Unlock()
@@ -245,20 +326,22 @@ func (u *usageBuffer) restore(deltas map[string]*usageDelta, now time.Time) {
 		sh := u.shard(id)
 		sh.mu.Lock()
 		cur := sh.m[id]
-		before := 0
 		if cur == nil {
-			sh.m[id], cur = d, d
-		} else {
-			before = len(cur.minutes)
-			merged := mergeMinutes(d.minutes, cur.minutes, now)
-			unbucket(cur, append(append([]minuteCount(nil), d.minutes...), cur.minutes...), merged)
-			cur.minutes = merged
-			for o, n := range d.unbucketed {
-				cur.unbucketed[o] += n
-			}
-			if d.used && (!cur.used || d.at.After(cur.at)) {
-				cur.used, cur.at, cur.ip = true, d.at, d.ip
-			}
+			// d stays taken (views that point to it re-attach): its
+			// counts go into a new delta, which requests count in too.
+			cur = newUsageDelta(d.tenant)
+			sh.m[id] = cur
+		}
+		cur.mu.Lock()
+		before := len(cur.minutes)
+		merged := mergeMinutes(d.minutes, cur.minutes, now)
+		unbucket(cur, append(append([]minuteCount(nil), d.minutes...), cur.minutes...), merged)
+		cur.minutes = merged
+		for o, n := range d.unbucketed {
+			cur.unbucketed[o] += n
+		}
+		if d.used && (!cur.used || d.at.After(cur.at)) {
+			cur.used, cur.at, cur.ip = true, d.at, d.ip
 		}
 		total := u.minutes.Add(int64(len(cur.minutes) - before))
 		for total > u.limit && len(cur.minutes) > 0 {
@@ -269,6 +352,7 @@ func (u *usageBuffer) restore(deltas map[string]*usageDelta, now time.Time) {
 			cur.minutes = cur.minutes[1:]
 			total = u.minutes.Add(-1)
 		}
+		cur.mu.Unlock()
 		sh.mu.Unlock()
 	}
 }
@@ -361,7 +445,12 @@ func (s *Store) flush(final bool) error {
 	// change only here.
 	s.fmu.Lock()
 	defer s.fmu.Unlock()
-	deltas := s.usage.take()
+	deltas := s.usage.take() // counted in inFlight until written or put back
+	taken := int64(len(deltas))
+	defer func() {
+		s.usage.inFlight.Add(-taken)
+		s.vcache.table.dropTaken()
+	}()
 	s.usage.skipDeleted(deltas)
 	now := s.now().UTC()
 	fresh := map[string]deniedReport{}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/dgraph-io/ristretto/v2"
 	"github.com/yl2chen/cidranger"
@@ -25,26 +26,35 @@ const (
 
 // KeyView is what the gateway needs about a key, built once when the record
 // is loaded and shared read-only by every request that hits the cache.
+//
+// The fields are ordered by use: what Verify reads of a cache hit comes
+// first, in the view's first two cache lines, then what the gateway reads
+// of an admitted request; with many keys each view is cold in the CPU
+// caches, and every line it spans costs a miss.
 type KeyView struct {
-	ID, Tenant, Name, Owner, Group string
-	Revoked                        bool
+	// The secret hash and stripe generation the view was cached under (see
+	// verifyCache). They live in the view rather than in a wrapper so that
+	// a cached key is one heap object less for the collector to mark.
+	hash    SecretHash
+	gen     uint64
+	Tenant  string
+	Revoked bool
+	// graceUntil is set for a rotated-out secret: from then on the secret
+	// is no longer one of the key's (Verify answers VerdictInvalid).
+	graceUntil time.Time
 	// ValidUntil is the expiry (zero: none); for a rotated-out secret in its
 	// grace period, the earlier of the key's expiry and the grace end.
 	ValidUntil time.Time
 	// Allow is nil when every client IP is allowed.
 	Allow *Allowlist
+	// use is the key's buffered usage that requests verified with this
+	// view count in (usage.go); nil until one does.
+	use atomic.Pointer[usageDelta]
+	ID  string
 	// Extra is what Options.Decorate returned for this view (the gateway
 	// precomputes its placeholders there, once per cache fill).
-	Extra any
-
-	// graceUntil is set for a rotated-out secret: from then on the secret
-	// is no longer one of the key's (Verify answers VerdictInvalid).
-	graceUntil time.Time
-	// The secret hash and stripe generation the view was cached under (see
-	// verifyCache). They live in the view rather than in a wrapper so that
-	// a cached key is one heap object less for the collector to mark.
-	hash SecretHash
-	gen  uint64
+	Extra              any
+	Group, Name, Owner string
 }
 
 // Allowlist is an immutable set of client networks.
@@ -110,11 +120,18 @@ func (a *Allowlist) Contains(ip netip.Addr) bool {
 // hash bumps that stripe's generation AFTER the commit and before the writer
 // returns (Store.commit; commit.go states the whole guarantee). A fill that raced a write therefore carries an old generation and
 // is ignored on hit; a fill whose generation is current read after the write.
+//
+// Hits are answered from table (hittable.go), in front of pos, without a
+// lock; everything else goes through ristretto under a guard stripe. The
+// table holds the same views as pos and its hits are checked the same way
+// (hash and generation), so the argument above covers it.
 type verifyCache struct {
-	pos  *ristretto.Cache[uint64, *KeyView]
-	neg  *ristretto.Cache[uint64, *negEntry]
-	ttl  time.Duration
-	gens [genStripes]atomic.Uint64
+	pos   *ristretto.Cache[uint64, *KeyView]
+	neg   *ristretto.Cache[uint64, *negEntry]
+	table *hitTable
+	count cacheCounters
+	ttl   time.Duration
+	gens  [genStripes]atomic.Uint64
 }
 
 const genStripes = 4096
@@ -125,8 +142,11 @@ type negEntry struct {
 }
 
 func newVerifyCache(entries, negEntries int64, ttl time.Duration) (*verifyCache, error) {
+	table := newHitTable(entries)
 	cfg := ristrettoConfig[*KeyView](entries)
-	cfg.Metrics = true // hits and misses for /metrics
+	// What ristretto drops leaves the table too (hittable.go).
+	cfg.OnEvict = func(it *ristretto.Item[*KeyView]) { table.remove(it.Key, it.Value) }
+	cfg.OnReject = cfg.OnEvict
 	pos, err := ristretto.NewCache(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("verify cache: %w", err)
@@ -141,7 +161,7 @@ func newVerifyCache(entries, negEntries int64, ttl time.Duration) (*verifyCache,
 		pos.Close()
 		return nil, fmt.Errorf("negative cache: %w", err)
 	}
-	return &verifyCache{pos: pos, neg: neg, ttl: ttl}, nil
+	return &verifyCache{pos: pos, neg: neg, table: table, ttl: ttl}, nil
 }
 
 // stripeOf is the store's one striping function: the generation stripe of
@@ -160,6 +180,7 @@ func (c *verifyCache) gen(h SecretHash) *atomic.Uint64 {
 func (s *Store) invalidate(h SecretHash) {
 	c := s.vcache
 	c.gen(h).Add(1)
+	c.table.removeHash(h)
 	g := s.guard(h)
 	g.RLock()
 	defer g.RUnlock()
@@ -211,14 +232,10 @@ func (s *Store) Wait() {
 	s.vcache.neg.Wait()
 }
 
-// CacheMetrics returns hits and misses of the positive cache.
-func (s *Store) CacheMetrics() (hits, misses uint64) {
-	m := s.vcache.pos.Metrics
-	if m == nil {
-		return 0, 0
-	}
-	return m.Hits(), m.Misses()
-}
+// CacheMetrics returns hits and misses of the positive cache: lookups
+// answered with a cached view, and lookups that found none (an unknown
+// secret answered by the negative cache counts as a miss).
+func (s *Store) CacheMetrics() (hits, misses uint64) { return s.vcache.count.load() }
 
 // Verify checks a presented secret for the tenant. It rejects malformed
 // secrets before any lookup (for a tenant with imported keys: secrets that
@@ -241,14 +258,10 @@ func (s *Store) Verify(tenant, secret string, now time.Time) (*KeyView, Verdict,
 		}
 		h = s.hasher.hashImported(tenant, secret)
 	}
-	g := s.guard(h)
-	g.RLock()
 	if s.closed.Load() {
-		g.RUnlock()
 		return nil, VerdictInvalid, ErrClosed
 	}
 	view, err := s.lookup(h)
-	g.RUnlock()
 	if err != nil {
 		return nil, VerdictInvalid, err
 	}
@@ -267,18 +280,48 @@ func (s *Store) Verify(tenant, secret string, now time.Time) (*KeyView, Verdict,
 	return view, VerdictValid, nil
 }
 
-// lookup returns the view for a hash, or nil when no key has it.
+// lookup returns the view for a hash, or nil when no key has it. A hit in
+// the table takes no lock: the table is plain memory, which Close leaves
+// alone; everything that uses ristretto holds the hash's guard stripe.
 func (s *Store) lookup(h SecretHash) (*KeyView, error) {
 	c := s.vcache
 	ck := h.cacheKey()
-	g := c.gen(h)
-	gen := g.Load()
-	if v, ok := c.pos.Get(ck); ok && v.gen == gen && v.hash == h {
+	gen := c.gen(h).Load() // before any read that may fill the cache
+	if v := c.table.get(h, ck, gen); v != nil {
+		c.count.hit()
+		if sampled() {
+			s.touchPolicy(h, ck)
+		}
 		return v, nil
 	}
+	g := s.guard(h)
+	g.RLock()
+	defer g.RUnlock()
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	// The negative cache first: an unknown secret (the 401 path) is then
+	// answered without a probe of ristretto's positive shards, while a
+	// known one is nearly always a table hit. Entries of both with the
+	// current generation coexist only while a write to the secret commits,
+	// before its bump makes both stale: either answer is then one the
+	// guarantee allows (commit.go), so the order changes nothing it says.
 	if e, ok := c.neg.Get(ck); ok && e.gen == gen && e.hash == h {
+		c.count.miss()
 		return nil, nil
 	}
+	if v, ok := c.pos.Get(ck); ok && v.gen == gen && v.hash == h {
+		c.count.hit()
+		c.table.put(ck, v, true)
+		// Ristretto may have evicted v between the Get and the put, its
+		// OnEvict finding nothing to remove: look again (without telling
+		// its policy), so the table never keeps a view ristretto dropped.
+		if _, still := c.pos.GetTTL(ck); !still {
+			c.table.remove(ck, v)
+		}
+		return v, nil
+	}
+	c.count.miss()
 	view, err := s.loadView(h)
 	if err != nil {
 		return nil, err
@@ -288,8 +331,21 @@ func (s *Store) lookup(h SecretHash) (*KeyView, error) {
 		return nil, nil
 	}
 	view.hash, view.gen = h, gen
-	c.pos.Set(ck, view, 1)
+	c.table.put(ck, view, false) // before Set: a rejection comes after it
+	if !c.pos.Set(ck, view, 1) {
+		c.table.remove(ck, view) // dropped: ristretto's buffer was full
+	}
 	return view, nil
+}
+
+// touchPolicy reports a table hit to ristretto's admission policy.
+func (s *Store) touchPolicy(h SecretHash, ck uint64) {
+	g := s.guard(h)
+	g.RLock()
+	if !s.closed.Load() {
+		s.vcache.pos.Get(ck)
+	}
+	g.RUnlock()
 }
 
 // loadView reads the record for h (one store read; a rotated-out secret in
@@ -321,9 +377,12 @@ func (s *Store) loadView(h SecretHash) (*KeyView, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", rec.ID, err)
 	}
+	// Tenant and group names are shared by many views: interned, the
+	// tenant compare of every hit reads memory that stays in the CPU
+	// caches instead of each view's own copy.
 	v := &KeyView{
-		ID: rec.ID, Tenant: rec.Tenant, Name: rec.Name, Owner: rec.Owner, Group: rec.Group,
-		Revoked: rec.RevokedAt != nil, Allow: allow,
+		ID: rec.ID, Tenant: unique.Make(rec.Tenant).Value(), Name: rec.Name, Owner: rec.Owner,
+		Group: unique.Make(rec.Group).Value(), Revoked: rec.RevokedAt != nil, Allow: allow,
 	}
 	if rec.ExpiresAt != nil {
 		v.ValidUntil = *rec.ExpiresAt
