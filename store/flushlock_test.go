@@ -66,123 +66,107 @@ func usageKeyIDs(b *Batch) map[string]bool {
 // revoked key stops admitting; the flush then completes and every key's use
 // is counted once.
 func TestFlushDoesNotBlockRevoke(t *testing.T) {
-	for _, backend := range []string{"pebble", "etcd"} {
-		t.Run(backend, func(t *testing.T) {
-			clk := newClock()
-			s := memStore(t, clk, func(o *Options) {
-				if f := kvFactories[backend]; f != nil {
-					f(t, o)
-				}
-			})
-			keys, secrets := usedKeys(t, s, clk, 200)
-			held, release := blockFirstFlushWrite(s)
-			flushed := make(chan error, 1)
-			go func() { flushed <- s.Flush() }()
-			<-held
+	testEachKV(t, func(t *testing.T, backend string, s *Store, clk *clock) {
+		keys, secrets := usedKeys(t, s, clk, 200)
+		held, release := blockFirstFlushWrite(s)
+		flushed := make(chan error, 1)
+		go func() { flushed <- s.Flush() }()
+		<-held
 
-			revoked := make(chan error, 1)
-			go func() { _, err := s.RevokeKey("op", DefaultTenant, keys[7].ID); revoked <- err }()
-			select {
-			case err := <-revoked:
-				mustNil(t, err)
-			case <-time.After(stuck):
-				close(release)
-				t.Fatal("RevokeKey waited for the usage flush")
-			}
-			if v := verdict(t, s, DefaultTenant, secrets[7], clk.Now()); v != VerdictRevoked {
-				t.Fatalf("revoked key during a flush: %s", vname(v))
-			}
+		revoked := make(chan error, 1)
+		go func() { _, err := s.RevokeKey("op", DefaultTenant, keys[7].ID); revoked <- err }()
+		select {
+		case err := <-revoked:
+			mustNil(t, err)
+		case <-time.After(stuck):
 			close(release)
-			mustNil(t, <-flushed)
-			for _, i := range []int{0, 7, 199} {
-				u, err := s.Usage(DefaultTenant, keys[i].ID)
-				mustNil(t, err)
-				if u.Total != 1 || u.LastUsedAt == nil {
-					t.Fatalf("key %d after the flush: total %d, last used %v", i, u.Total, u.LastUsedAt)
-				}
+			t.Fatal("RevokeKey waited for the usage flush")
+		}
+		if v := verdict(t, s, DefaultTenant, secrets[7], clk.Now()); v != VerdictRevoked {
+			t.Fatalf("revoked key during a flush: %s", vname(v))
+		}
+		close(release)
+		mustNil(t, <-flushed)
+		for _, i := range []int{0, 7, 199} {
+			u, err := s.Usage(DefaultTenant, keys[i].ID)
+			mustNil(t, err)
+			if u.Total != 1 || u.LastUsedAt == nil {
+				t.Fatalf("key %d after the flush: total %d, last used %v", i, u.Total, u.LastUsedAt)
 			}
-		})
-	}
+		}
+	})
 }
 
 // TestKeyDeletedDuringFlushHasNoUsage: keys deleted while a flush writes
 // (one whose usage is in the write being held, and on etcd one in a later
 // part) have no usage record afterwards; the others' usage is written.
 func TestKeyDeletedDuringFlushHasNoUsage(t *testing.T) {
-	for _, backend := range []string{"pebble", "etcd"} {
-		t.Run(backend, func(t *testing.T) {
-			clk := newClock()
-			s := memStore(t, clk, func(o *Options) {
-				if f := kvFactories[backend]; f != nil {
-					f(t, o)
-				}
-			})
-			keys, _ := usedKeys(t, s, clk, 200)
-			held, release := blockFirstFlushWrite(s)
-			flushed := make(chan error, 1)
-			go func() { flushed <- s.Flush() }()
-			inHeld := usageKeyIDs(<-held)
+	testEachKV(t, func(t *testing.T, backend string, s *Store, clk *clock) {
+		keys, _ := usedKeys(t, s, clk, 200)
+		held, release := blockFirstFlushWrite(s)
+		flushed := make(chan error, 1)
+		go func() { flushed <- s.Flush() }()
+		inHeld := usageKeyIDs(<-held)
 
-			var victims []string
-			for id := range inHeld {
-				victims = append(victims, id)
+		var victims []string
+		for id := range inHeld {
+			victims = append(victims, id)
+			break
+		}
+		for _, key := range keys {
+			if !inHeld[key.ID] {
+				victims = append(victims, key.ID) // written by a later part
 				break
 			}
-			for _, key := range keys {
-				if !inHeld[key.ID] {
-					victims = append(victims, key.ID) // written by a later part
-					break
+		}
+		if backend == "etcd" && len(victims) != 2 {
+			t.Fatalf("the flush wrote all %d keys in one part; the test needs several", len(keys))
+		}
+		deleted := make(chan error, 1)
+		go func() {
+			for _, id := range victims {
+				if err := s.DeleteKey("op", DefaultTenant, id); err != nil {
+					deleted <- err
+					return
 				}
 			}
-			if backend == "etcd" && len(victims) != 2 {
-				t.Fatalf("the flush wrote all %d keys in one part; the test needs several", len(keys))
-			}
-			deleted := make(chan error, 1)
-			go func() {
-				for _, id := range victims {
-					if err := s.DeleteKey("op", DefaultTenant, id); err != nil {
-						deleted <- err
-						return
-					}
-				}
-				deleted <- nil
-			}()
-			select {
-			case err := <-deleted:
-				mustNil(t, err)
-			case <-time.After(stuck):
-				close(release)
-				t.Fatal("DeleteKey waited for the usage flush")
-			}
+			deleted <- nil
+		}()
+		select {
+		case err := <-deleted:
+			mustNil(t, err)
+		case <-time.After(stuck):
 			close(release)
-			mustNil(t, <-flushed)
+			t.Fatal("DeleteKey waited for the usage flush")
+		}
+		close(release)
+		mustNil(t, <-flushed)
 
-			for _, id := range victims {
-				var left []string
-				mustNil(t, s.kv.Scan(k(pKeyUsage+id), nil, func(key, _ []byte) bool {
-					left = append(left, string(key))
-					return true
-				}))
-				if len(left) > 0 {
-					t.Errorf("key %s deleted during the flush has usage records: %v", id, left)
-				}
+		for _, id := range victims {
+			var left []string
+			mustNil(t, s.kv.Scan(k(pKeyUsage+id), nil, func(key, _ []byte) bool {
+				left = append(left, string(key))
+				return true
+			}))
+			if len(left) > 0 {
+				t.Errorf("key %s deleted during the flush has usage records: %v", id, left)
 			}
-			gone := map[string]bool{}
-			for _, id := range victims {
-				gone[id] = true
+		}
+		gone := map[string]bool{}
+		for _, id := range victims {
+			gone[id] = true
+		}
+		for _, key := range keys {
+			if gone[key.ID] {
+				continue
 			}
-			for _, key := range keys {
-				if gone[key.ID] {
-					continue
-				}
-				u, err := s.Usage(DefaultTenant, key.ID)
-				mustNil(t, err)
-				if u.Total != 1 {
-					t.Fatalf("surviving key %s after the flush: total %d", key.ID, u.Total)
-				}
+			u, err := s.Usage(DefaultTenant, key.ID)
+			mustNil(t, err)
+			if u.Total != 1 {
+				t.Fatalf("surviving key %s after the flush: total %d", key.ID, u.Total)
 			}
-		})
-	}
+		}
+	})
 }
 
 // TestFlushPartFailsWhileKeyDeleted: on etcd, the second part of a flush

@@ -46,6 +46,22 @@ var kvFactories = map[string]func(t testing.TB, o *Options){
 	},
 }
 
+// testEachKV runs test once on each KV implementation (named by backend),
+// with a fresh store.
+func testEachKV(t *testing.T, test func(t *testing.T, backend string, s *Store, clk *clock)) {
+	for _, name := range []string{"pebble", "etcd"} {
+		t.Run(name, func(t *testing.T) {
+			clk := newClock()
+			s := memStore(t, clk, func(o *Options) {
+				if f := kvFactories[name]; f != nil {
+					f(t, o)
+				}
+			})
+			test(t, name, s, clk)
+		})
+	}
+}
+
 // testKV is the factory memStore uses (nil: in-memory Pebble).
 var testKV func(t testing.TB, o *Options)
 
