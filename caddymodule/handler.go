@@ -271,14 +271,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if origin != "" {
 		w = &corsWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origin: origin}
 	}
+	// Tracked while it runs: ended if the key stops admitting (streams.go).
+	adm, stopped := h.shared.streams.admit(w, r, st, view)
+	if stopped != "" {
+		return h.deny(w, r, outcomeOfCode(stopped), d)
+	}
 	st.RecordUse(view, ip, store.OutcomeOK, now)
 	h.shared.outcomes.inc(outcomeOK)
-	// Tracked while it runs: ended if the key stops admitting (streams.go).
-	err = h.shared.streams.serve(w, r, next, st, view)
-	if stopped, ok := err.(stoppedAdmitting); ok {
-		return h.deny(w, r, outcomeOfCode(stopped.code), denial{})
-	}
-	return err
+	return h.shared.streams.run(adm, next)
 }
 
 // groupFor applies allow_groups and the key's group rules. It returns the

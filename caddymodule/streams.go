@@ -115,36 +115,52 @@ func (s *streamRegistry) shard(h store.SecretHash) *streamShard {
 	return &s.shards[h[0]%streamShards]
 }
 
-// serve runs next for a request admitted with view, tracked until next
-// returns. It is the handler's admit point.
-func (s *streamRegistry) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *store.Store, view *store.KeyView) error {
+// admission is a request in the live set (admit), to be run by run.
+type admission struct {
+	e      *liveReq
+	w      http.ResponseWriter
+	r      *http.Request
+	full   *tracked           // nil: an HTTP/1.x request, ended by closing its connection
+	cancel context.CancelFunc // with full
+}
+
+// admit adds a request verified with view to the live set, then checks
+// that view still admits (recheck): it is the handler's admit point. When
+// the key stopped admitting in between (a window of microseconds) it
+// returns the rejection's code, the request already out of the set, and
+// the handler answers it through its one deny path like any rejection.
+// Otherwise the handler counts the request and calls run exactly once.
+func (s *streamRegistry) admit(w http.ResponseWriter, r *http.Request, st *store.Store, view *store.KeyView) (admission, string) {
 	if r.ProtoMajor == 1 && r.Header["Upgrade"] == nil {
 		e := s.join(view, r.Context(), nil)
-		defer s.leave(e)
 		if code, ok := s.recheck(st, view, e); !ok {
-			return stoppedAdmitting{code}
+			s.leave(e)
+			return admission{}, code
 		}
-		return next.ServeHTTP(w, r)
+		return admission{e: e, w: w, r: r}, ""
 	}
 	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
 	t := &tracked{ResponseWriter: w, cancel: cancel, grpc: isGRPC(r),
 		websocket: strings.EqualFold(r.Header.Get("Upgrade"), "websocket")}
 	e := s.join(view, ctx, t)
-	defer s.leave(e)
 	if code, ok := s.recheck(st, view, e); !ok {
-		return stoppedAdmitting{code}
+		s.leave(e)
+		cancel()
+		return admission{}, code
 	}
-	return t.serve(next, r.WithContext(ctx))
+	return admission{e: e, w: t, r: r.WithContext(ctx), full: t, cancel: cancel}, ""
 }
 
-// stoppedAdmitting is what serve returns, before calling next, for a request
-// whose key stopped admitting between its verification and its tracking (a
-// window of microseconds); code is the rejection's code (key_revoked, …).
-// The handler answers it through its one deny path, like any rejection.
-type stoppedAdmitting struct{ code string }
-
-func (e stoppedAdmitting) Error() string { return "the API key stopped admitting requests: " + e.code }
+// run runs next for an admitted request, tracked until next returns.
+func (s *streamRegistry) run(a admission, next caddyhttp.Handler) error {
+	if a.full == nil {
+		defer s.leave(a.e)
+		return next.ServeHTTP(a.w, a.r)
+	}
+	defer a.cancel()
+	defer s.leave(a.e)
+	return a.full.serve(next, a.r)
+}
 
 // join adds a request to the live set.
 func (s *streamRegistry) join(view *store.KeyView, ctx context.Context, full *tracked) *liveReq {

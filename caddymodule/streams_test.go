@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"io"
 	"net"
 	"net/http"
@@ -745,6 +747,46 @@ func TestStreamsRecheck(t *testing.T) {
 	}
 }
 
+// TestHandlerStoppedAdmittingCountedOnce: a request whose key stops
+// admitting between its verification and its admission (here it expires:
+// the registry's clock is past the expiry, the handler's is not) is
+// answered and counted as that rejection only: not as admitted too, in the
+// outcome counters or in the key's usage.
+func TestHandlerStoppedAdmittingCountedOnce(t *testing.T) {
+	sh, st := memShared(t)
+	verified := time.Now()
+	expires := verified.Add(time.Hour)
+	k, secret := newKey(t, st, store.DefaultTenant, store.KeyInput{ExpiresAt: &expires})
+	h := &Handler{shared: sh, now: func() time.Time { return verified }}
+	h.logger = caddy.Log()
+	if err := h.provisionDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	sh.streams.now = func() time.Time { return expires.Add(time.Minute) }
+
+	req := httptest.NewRequest("GET", "http://gw/orders/1", nil)
+	req.Header.Set("X-API-Key", secret)
+	w := httptest.NewRecorder()
+	var next countingNext
+	r := caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, new(caddyhttp.Server))
+	if err := h.ServeHTTP(w, r, &next); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != http.StatusUnauthorized || !strings.Contains(w.Body.String(), "key_expired") || next.n != 0 {
+		t.Fatalf("answer %d %q, next called %d times; want 401 key_expired before next", w.Code, w.Body.String(), next.n)
+	}
+	if ok, expired := sh.outcomes.load(outcomeOK), sh.outcomes.load(outcomeExpired); ok != 0 || expired != 1 {
+		t.Fatalf("outcome counters: ok %d, key_expired %d; want 0 and 1", ok, expired)
+	}
+	u, err := st.Usage(store.DefaultTenant, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Outcomes["ok"] != 0 || u.Total != 1 {
+		t.Fatalf("usage: total %d, outcomes %v; want the one request, not as ok", u.Total, u.Outcomes)
+	}
+}
+
 // TestHijackedEndMidFrame: ended in the middle of a frame, a WebSocket
 // connection lets that frame finish, writes the close frame 1008 right after
 // it (nothing of the next frame) and closes; if the frame never finishes it
@@ -989,4 +1031,18 @@ func memShared(t testing.TB) (*shared, *store.Store) {
 	t.Cleanup(func() { _ = sh.Destruct() })
 	enable(t, st, store.DefaultTenant)
 	return sh, st
+}
+
+// stoppedAdmitting is serve's error for a request admit refused.
+type stoppedAdmitting struct{ code string }
+
+func (e stoppedAdmitting) Error() string { return "the API key stopped admitting requests: " + e.code }
+
+// serve is admit then run, as the handler does (without its counting).
+func (s *streamRegistry) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *store.Store, view *store.KeyView) error {
+	a, code := s.admit(w, r, st, view)
+	if code != "" {
+		return stoppedAdmitting{code}
+	}
+	return s.run(a, next)
 }
