@@ -169,11 +169,12 @@ func TestKeyDeletedDuringFlushHasNoUsage(t *testing.T) {
 	})
 }
 
-// TestFlushPartFailsWhileKeyDeleted: on etcd, the second part of a flush
-// fails while a key of the first part is deleted: the first part's usage
-// is written once, the deleted key's is swept, and the failed parts' usage
-// is written by the next flush, once; the denied-request events go with
-// the first part, once.
+// TestFlushPartFailsWhileKeyDeleted: on etcd, a key of the second part of
+// a flush is deleted while that part is written, and the third part fails:
+// the first two parts' usage is written once, the deleted key's is swept,
+// and the failed parts' usage is written by the next flush, once; the
+// denied-request events go with the first part (which holds wmu for their
+// ids: TestFlushEventsCommitInIDOrder), once.
 func TestFlushPartFailsWhileKeyDeleted(t *testing.T) {
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV, o.NodeID = newEtcdKV(t), "node-1" })
@@ -191,7 +192,7 @@ func TestFlushPartFailsWhileKeyDeleted(t *testing.T) {
 		}
 		parts++
 		switch parts {
-		case 1:
+		case 2:
 			denied := map[string]bool{keys[0].ID: true, keys[1].ID: true, keys[2].ID: true}
 			for id := range usageKeyIDs(b) {
 				if !denied[id] {
@@ -208,12 +209,12 @@ func TestFlushPartFailsWhileKeyDeleted(t *testing.T) {
 				t.Error("DeleteKey waited for the usage flush")
 				return errKVConflict
 			}
-		case 2:
+		case 3:
 			return errKVConflict // any failure
 		}
 		return nil
 	}
-	if err := s.Flush(); err == nil || !strings.Contains(err.Error(), "(1 of ") {
+	if err := s.Flush(); err == nil || !strings.Contains(err.Error(), "(2 of ") {
 		t.Fatalf("flush with a failing second part: %v", err)
 	}
 	s.flushApply = nil
@@ -268,4 +269,49 @@ func TestFlushFailedButCommittedSwept(t *testing.T) {
 		t.Errorf("deleted key has a usage record %s", key)
 		return true
 	}))
+}
+
+// TestFlushEventsCommitInIDOrder: a flush that writes a denied-request
+// summary takes its event id and commits it before any other write takes a
+// later one, so meta/last_event (which a reopened store continues from)
+// never goes back: here a revoke sent while the flush's write is held.
+func TestFlushEventsCommitInIDOrder(t *testing.T) {
+	testEachKV(t, func(t *testing.T, _ string, s *Store, clk *clock) {
+		keys, secrets := usedKeys(t, s, clk, 2)
+		v, _, err := s.Verify(DefaultTenant, secrets[0], clk.Now())
+		mustNil(t, err)
+		s.RecordUse(v, netip.MustParseAddr("192.0.2.1"), OutcomeForbidden, clk.Now()) // reported at once
+		held, release := blockFirstFlushWrite(s)
+		flushed := make(chan error, 1)
+		go func() { flushed <- s.Flush() }()
+		<-held
+		revoked := make(chan error, 1)
+		go func() { _, err := s.RevokeKey("op", DefaultTenant, keys[1].ID); revoked <- err }()
+		// Give the revoke the chance to commit first, as it did when the
+		// flush took its ids without wmu; it must wait for the flush's
+		// events instead, so the wait ends by the timer.
+		var revokeErr error
+		answered := false
+		select {
+		case revokeErr = <-revoked:
+			answered = true
+		case <-time.After(300 * time.Millisecond):
+		}
+		close(release)
+		mustNil(t, <-flushed)
+		if !answered {
+			revokeErr = <-revoked
+		}
+		mustNil(t, revokeErr)
+
+		var newest string
+		for _, e := range allEvents(t, s, DefaultTenant, EventQuery{}) {
+			newest = max(newest, e.ID)
+		}
+		last, err := s.kv.Get([]byte(metaLastEvent))
+		mustNil(t, err)
+		if string(last) != newest {
+			t.Fatalf("meta/last_event is %s, the newest event %s: a reopened store would reuse ids", last, newest)
+		}
+	})
 }

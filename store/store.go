@@ -148,8 +148,9 @@ type Store struct {
 	// wmu serialises domain writes: the read-validate-write of limits and
 	// state transitions must not interleave.
 	wmu sync.Mutex
-	// fmu serialises usage flushes (usage.go); a flush does not hold wmu
-	// while it writes.
+	// fmu serialises usage flushes (usage.go); a flush holds wmu only for
+	// the part that carries its events (their ids commit in order) and
+	// for sweepDeleted's look-ups.
 	fmu sync.Mutex
 
 	hot atomic.Pointer[hotState]

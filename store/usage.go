@@ -484,8 +484,17 @@ func (s *Store) flush(final bool) error {
 		}
 	}
 	plan := s.denied.plan(fresh, now, final)
+	// Event ids must commit in the order they are taken (nextEventID keeps
+	// meta/last_event, and readers page events by id), as every other
+	// event's do under wmu: a flush with events takes wmu for them and
+	// holds it until the part that carries them is written (applyFlush).
+	events := false
 	for _, r := range plan {
 		if r.due {
+			if !events {
+				s.wmu.Lock()
+				events = true
+			}
 			s.event(&b, now, r.tenant, "key.requests_denied", "gateway", r.id, outcomeMap(r.counts))
 		}
 	}
@@ -494,7 +503,7 @@ func (s *Store) flush(final bool) error {
 		return nil
 	}
 	start := time.Now()
-	if err := s.applyFlush(&b, usageOps, plan, deltas, now); err != nil {
+	if err := s.applyFlush(&b, usageOps, plan, deltas, now, events); err != nil {
 		return err
 	}
 	s.flushObserved(time.Since(start))

@@ -110,13 +110,25 @@ func (s *Store) deleteUsageInto(b *Batch, id string) {
 // with bounded batches (etcd) it commits them in chunks, the events with
 // the first; the usage of the chunks that failed is kept for the next
 // flush, so no count is written twice.
-func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas map[string]*usageDelta, now time.Time) error {
+func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas map[string]*usageDelta, now time.Time, eventsHeld bool) error {
+	// eventsHeld: the caller holds wmu for b's events (flush); it is
+	// released once the part that carries them has been written, before
+	// anything here takes wmu again (sweepDeleted).
+	release := func() {
+		if eventsHeld {
+			s.wmu.Unlock()
+			eventsHeld = false
+		}
+	}
+	defer release()
 	maxOps, maxBytes := 0, 0
 	if l, ok := s.kv.(batchLimiter); ok {
 		maxOps, maxBytes = l.batchLimits()
 	}
 	if maxOps == 0 || b.Len() <= maxOps && int(b.size()) <= maxBytes {
-		if err := s.applyUsage(b); err != nil {
+		err := s.applyUsage(b)
+		release()
+		if err != nil {
 			s.flushes.failures.Add(1)
 			s.usage.restore(deltas, now) // the next flush retries them
 			s.sweepDeleted(ids)          // a failed write may have committed (etcd timeout)
@@ -151,7 +163,9 @@ func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas m
 	}
 	chunks, chunkIDs = append(chunks, cur), append(chunkIDs, curIDs)
 	for i := range chunks {
-		if err := s.applyUsage(&chunks[i]); err != nil {
+		err := s.applyUsage(&chunks[i])
+		release() // the events went with the first chunk
+		if err != nil {
 			s.flushes.failures.Add(1)
 			left := map[string]*usageDelta{}
 			for _, c := range chunkIDs[i:] {
@@ -179,7 +193,8 @@ func (s *Store) applyFlush(b *Batch, ids []string, plan []deniedReport, deltas m
 // up under wmu happens either before the delete read the records, which
 // then include what the flush wrote, or after it marked the key, and then
 // the records are deleted here (the key id is never reused, and later
-// flushes skip it). The flush itself holds wmu only for that look-up.
+// flushes skip it). Apart from the part carrying its events (flush), the
+// flush holds wmu only for that look-up.
 func (s *Store) sweepDeleted(ids []string) {
 	s.wmu.Lock()
 	gone := s.usage.deletedOf(ids)
