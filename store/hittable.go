@@ -41,11 +41,13 @@ type hitTable struct {
 const policySample = 16
 
 // newHitTable sizes the table for a cache of entries views: buckets of two
-// slots, at least as many slots as entries (one pointer each: 1 MiB for
-// the default 100k entries).
+// slots, at least as many buckets as entries (one pointer a slot: 2 MiB for
+// the default 100k entries). With one bucket per entry a full cache leaves
+// about 7 % of its views without a slot (Poisson, 0.76 views a bucket),
+// answered by ristretto; with one bucket per two entries it was a fifth.
 func newHitTable(entries int64) *hitTable {
 	buckets := uint64(1)
-	for int64(2*buckets) < entries {
+	for int64(buckets) < entries {
 		buckets <<= 1
 	}
 	return &hitTable{slots: make([]atomic.Pointer[KeyView], 2*buckets), mask: buckets - 1}
