@@ -359,6 +359,7 @@ func (s *Store) reloadAll() {
 	}
 	s.cmu.Lock()
 	s.keyCounts = nil
+	s.countEpoch++
 	s.cmu.Unlock()
 	if err := s.reloadHot(); err != nil {
 		// Fail closed: no tenant admits until a reload succeeds.

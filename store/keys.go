@@ -351,10 +351,14 @@ func (s *Store) countKeysNow(tenant string) (int, error) { return s.countKeys(te
 
 func (s *Store) countKeys(tenant string, fresh bool) (int, error) {
 	s.cmu.Lock()
-	defer s.cmu.Unlock()
 	if n, ok := s.keyCounts[tenant]; ok && !fresh {
+		s.cmu.Unlock()
 		return n, nil
 	}
+	epoch := s.countEpoch
+	s.cmu.Unlock()
+	// Counted without cmu: on etcd this is a network call, and the watch
+	// goroutine takes cmu to apply other nodes' commits.
 	prefix := []byte(pKeyTenant + tenant + "/")
 	n := 0
 	var err error
@@ -366,6 +370,11 @@ func (s *Store) countKeys(tenant string, fresh bool) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("count keys: %w", err)
 	}
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if s.countEpoch != epoch {
+		return n, nil // a change came while counting: count again next time
+	}
 	if s.keyCounts == nil {
 		s.keyCounts = map[string]int{}
 	}
@@ -376,6 +385,7 @@ func (s *Store) countKeys(tenant string, fresh bool) (int, error) {
 func (s *Store) addKeyCount(tenant string, d int) {
 	s.cmu.Lock()
 	defer s.cmu.Unlock()
+	s.countEpoch++
 	if n, ok := s.keyCounts[tenant]; ok {
 		s.keyCounts[tenant] = n + d
 	}
@@ -386,6 +396,7 @@ func (s *Store) addKeyCount(tenant string, d int) {
 func (s *Store) forgetKeyCount(tenant string) {
 	s.cmu.Lock()
 	defer s.cmu.Unlock()
+	s.countEpoch++
 	delete(s.keyCounts, tenant)
 }
 

@@ -182,6 +182,9 @@ type Store struct {
 
 	cmu       sync.Mutex
 	keyCounts map[string]int // tenant → keys, filled lazily
+	// countEpoch changes with every change of keyCounts: a count read
+	// from the KV without cmu is remembered only if none came meanwhile.
+	countEpoch uint64
 
 	live livenessKV // a shared KV's liveness (etcd); nil on Pebble
 	// shared: other nodes write the KV too (its watch reports their
