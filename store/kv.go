@@ -546,8 +546,10 @@ func (p *pebbleKV) checkExpects(exps []batchExpect) error {
 	return nil
 }
 
-// emulatedMerge is read-modify-write: the store serializes its writers, so
-// nothing else writes the key between the read and the commit.
+// emulatedMerge is read-modify-write. Merges come only from usage flushes,
+// which the store serialises (Store.fmu); the only other writes of usage
+// keys are a key delete's, and a flush sweeps what it wrote for a key
+// deleted meanwhile (Store.sweepDeleted), so a merge never loses counts.
 func (p *pebbleKV) emulatedMerge(pb *pebble.Batch, key, operand []byte) error {
 	var old []byte
 	v, closer, err := pb.Get(key)

@@ -362,7 +362,7 @@ func (l *liveness) watchdog(s time.Time, rev, applied int64) {
 	l.restarts.Add(1)
 	go func() { // it waits for the old loop to end: not on the tick's goroutine
 		defer l.restarting.Store(false)
-		if !l.kv.restartWatch() {
+		if !l.kv.restartWatch() && !l.kv.closed.Load() {
 			l.kv.log.Errorf("etcd watch: the stalled watch did not stop; this node keeps answering 503 until it does")
 		}
 	}()
