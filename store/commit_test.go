@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // committed is one domain batch as Store.commit saw it.
@@ -411,8 +409,7 @@ func (deafKV) Watch(func(keys [][]byte)) {}
 // behind its back) are seen once ReloadAll returns: cached views are
 // dropped, the tenant state re-read, subscribers told to re-check all.
 func TestReloadAll(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = deafKV{kv} })
 	enable(t, s, "acme")
@@ -478,8 +475,7 @@ func (k *failingAfterKV) Apply(b *Batch, sync bool) error {
 func TestUncertainCommit(t *testing.T) {
 	for _, committedToo := range []bool{true, false} {
 		t.Run(fmt.Sprintf("committed=%v", committedToo), func(t *testing.T) {
-			kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-			mustNil(t, err)
+			kv := memPebble(t)
 			fkv := &failingAfterKV{KV: kv}
 			clk := newClock()
 			s := memStore(t, clk, func(o *Options) { o.KV = fkv })
@@ -539,14 +535,13 @@ func (k *tenantReadFailKV) Get(key []byte) ([]byte, error) {
 // after a write to it, its API keys count as disabled (the write may have
 // disabled them) until a later change reads it.
 func TestTenantReloadFailsClosed(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	fkv := &tenantReadFailKV{KV: kv}
 	s := memStore(t, newClock(), func(o *Options) { o.KV = fkv })
 	enable(t, s, "acme")
 	enable(t, s, "globex")
 	fkv.armed.Store(true)
-	_, err = s.UpdateSettings("op", "acme", SettingsPatch{APIKeysEnabled: Some(false)})
+	_, err := s.UpdateSettings("op", "acme", SettingsPatch{APIKeysEnabled: Some(false)})
 	mustNil(t, err)
 	if s.TenantEnabled("acme") {
 		t.Fatal("a tenant whose record could not be read after a write still admits")

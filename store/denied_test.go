@@ -4,16 +4,13 @@ import (
 	"net/netip"
 	"testing"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // TestDeniedSummaries: a key that keeps being denied gets one
 // "key.requests_denied" event per interval, not one per flush, and no denial
 // is lost or reported twice — across a failed flush and a graceful stop.
 func TestDeniedSummaries(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	fkv := &failingKV{KV: kv}
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = fkv })

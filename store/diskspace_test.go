@@ -219,12 +219,11 @@ func TestPebbleENOSPCContained(t *testing.T) {
 // parks that goroutine and marks the KV failed; in a call of ours it
 // panics, and call turns that into an error.
 func TestFatalfOffGuard(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	defer kv.Close()
 	plog := &pebbleLogger{l: nopLogger{}, kv: kv}
 
-	err = kv.call(func() error { plog.Fatalf("inside: %s", "boom"); return nil })
+	err := kv.call(func() error { plog.Fatalf("inside: %s", "boom"); return nil })
 	if err == nil || !strings.Contains(err.Error(), "inside: boom") {
 		t.Fatalf("guarded Fatalf: %v", err)
 	}
@@ -257,12 +256,11 @@ func TestFatalfOffGuard(t *testing.T) {
 // TestCloseBounded: Close does not wait forever for an operation that never
 // ends (one stuck in a wedged Pebble): it gives up after closeWait.
 func TestCloseBounded(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	kv.closeWait = 50 * time.Millisecond
 	mustNil(t, kv.enter()) // an operation that never exits
 	start := time.Now()
-	err = kv.Close()
+	err := kv.Close()
 	if err == nil || !strings.Contains(err.Error(), "1 operations still running") {
 		t.Fatalf("Close with a stuck operation: %v", err)
 	}
@@ -280,8 +278,7 @@ func TestCloseBounded(t *testing.T) {
 // TestScanCallbackPanic: a panic in a Scan callback is the caller's: it is
 // raised again and does not mark the KV failed.
 func TestScanCallbackPanic(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	defer kv.Close()
 	var b Batch
 	b.Set([]byte("p/1"), []byte("v"))

@@ -62,6 +62,15 @@ func testEachKV(t *testing.T, test func(t *testing.T, backend string, s *Store, 
 	}
 }
 
+// memPebble opens an in-memory Pebble KV, for a test to wrap (to make
+// writes fail, count or block them) and give memStore as Options.KV.
+func memPebble(t testing.TB) *pebbleKV {
+	t.Helper()
+	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
+	mustNil(t, err)
+	return kv
+}
+
 // testKV is the factory memStore uses (nil: in-memory Pebble).
 var testKV func(t testing.TB, o *Options)
 

@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Foreign secrets of the formats teams move from.
@@ -209,8 +207,7 @@ func TestImportKeysCallLimits(t *testing.T) {
 
 // A failed write leaves nothing: no key, no index, no flag, no count.
 func TestImportKeysAtomic(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	fkv := &failingKV{KV: kv}
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = fkv })
@@ -265,8 +262,7 @@ func TestImportKeysUniquePerTenant(t *testing.T) {
 // tenant with imported keys an unknown one is read once, then answered by
 // the negative cache, and never enters the positive cache.
 func TestVerifyForeignSecretLookups(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	ckv := &getCountingKV{KV: kv}
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = ckv })

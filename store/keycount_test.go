@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"testing"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // countBlockingKV holds scans of the tenant key index (a key count) until
@@ -29,8 +27,7 @@ func (k *countBlockingKV) Scan(prefix, start []byte, fn func(key, value []byte) 
 // nodes' commits takes (forgetKeyCount, from the watch); and a count that
 // such a change overtook is not remembered.
 func TestKeyCountReadOutsideLock(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	bkv := &countBlockingKV{KV: kv}
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = bkv })

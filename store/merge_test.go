@@ -13,13 +13,11 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // The usage flush is blind: however many keys were used, it reads nothing.
 func TestFlushReadsNothing(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	ckv := &countingKV{KV: kv} // every read
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = ckv })
@@ -278,8 +276,7 @@ func (k *failingKV) Apply(b *Batch, sync bool) error {
 
 // A flush that fails keeps its counts for the next one.
 func TestFailedFlushKeepsUsage(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	fkv := &failingKV{KV: kv}
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = fkv })

@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // slowKV yields the processor a few times after each read of a key record.
@@ -38,8 +36,7 @@ func raceRounds(t *testing.T, rounds int, kill func(s *Store, id string) error) 
 	for round := range rounds {
 		var s *Store
 		if round%2 == 1 {
-			kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-			mustNil(t, err)
+			kv := memPebble(t)
 			s = memStore(t, nil, func(o *Options) { o.KV = &slowKV{KV: kv} })
 		} else {
 			s = memStore(t, nil)
@@ -310,8 +307,7 @@ func (k *countingKV) Get(key []byte) ([]byte, error) {
 }
 
 func TestVerifyStoreReads(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	ckv := &countingKV{KV: kv, prefix: pKeyHash}
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = ckv })
@@ -346,7 +342,7 @@ func TestVerifyStoreReads(t *testing.T) {
 		t.Fatalf("garbage read the store %d times", d)
 	}
 	// A rotated-out secret in its grace period costs two reads on a miss.
-	_, _, err = s.RotateKey("op", DefaultTenant, key.ID, RotateInput{GracePeriod: dur(time.Hour)})
+	_, _, err := s.RotateKey("op", DefaultTenant, key.ID, RotateInput{GracePeriod: dur(time.Hour)})
 	mustNil(t, err)
 	n3 := ckv.reads.Load()
 	if v := verdict(t, s, DefaultTenant, secret, now); v != VerdictValid {

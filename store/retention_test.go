@@ -37,8 +37,7 @@ func addEvents(t *testing.T, s *Store, now time.Time, tenant, typ string, n int)
 // tenant — also tenants whose ids sort around each other ("t", "t.x",
 // "t0") — and the deletions come in bounded batches.
 func TestEventRetention(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	bkv := &batchKV{KV: kv}
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = bkv; o.EventPruneInterval = -1 })

@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 func TestUsersAndTokens(t *testing.T) {
@@ -185,8 +183,7 @@ func (k *applyCountingKV) Apply(b *Batch, sync bool) error {
 // naming them, and the verification cache drops them at once (issue #9
 // item 12).
 func TestDeleteUserRevokesKeys(t *testing.T) {
-	kv, err := openPebble("db", vfs.NewMem(), nopLogger{}, 8<<20, mergeValues)
-	mustNil(t, err)
+	kv := memPebble(t)
 	ckv := &applyCountingKV{KV: kv}
 	clk := newClock()
 	s := memStore(t, clk, func(o *Options) { o.KV = ckv })
