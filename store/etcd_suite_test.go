@@ -6,12 +6,10 @@ import (
 	"github.com/keygate/keygate/store/etcdtest"
 )
 
-// etcdSuite are the store tests that also run on the etcd KV: the
-// lifecycle, limits, revocation and usage rules, which must not depend on
-// the backend. Left out: tests of Pebble itself (persistence across
-// reopen, disk space, merges inside compactions, the legacy merger), of
-// the codecs, and the invalidation subscription tests, whose design is
-// changing elsewhere.
+// etcdSuite are the store tests that also run on the etcd KV in a plain
+// `go test ./store/`: the lifecycle, limits, revocation, invalidation and
+// usage rules, which must not depend on the backend. make test runs every
+// store test on etcd as well (KEYGATE_STORE_TESTS=etcd, helpers_test.go).
 var etcdSuite = []struct {
 	name string
 	test func(*testing.T)
@@ -41,6 +39,7 @@ var etcdSuite = []struct {
 	{"DeleteUserRevokesKeys", TestDeleteUserRevokesKeys},
 	{"EventsForEveryChange", TestEventsForEveryChange},
 	{"ListEvents", TestListEvents},
+	{"BulkRevokeDeliversEverySecret", TestBulkRevokeDeliversEverySecret},
 }
 
 // TestSuiteOnEtcd runs etcdSuite with every store memStore opens on etcd

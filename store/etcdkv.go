@@ -339,8 +339,12 @@ func (e *etcdKV) applyRev(b *Batch) (int64, error) {
 			break
 		}
 	}
-	keys := make([][]byte, len(ops))
-	for i, op := range ops {
+	// The batch's own keys, as pebbleKV passes them (repeats included): the
+	// store tells its own commits from other nodes' by them (commit.go,
+	// localCommits.isEcho), and collapsed ones made a batch that wrote a
+	// key twice (meta/last_event, one per event) look like another node's.
+	keys := make([][]byte, len(b.ops))
+	for i, op := range b.ops {
 		keys[i] = op.key
 	}
 	if rev != 0 && e.watching.Load() { // the watch prunes what it passes
