@@ -29,6 +29,7 @@ run: build
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+	KEYGATE_STORE_TESTS=etcd $(GO) test -race -count=1 ./store/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./store/ ./caddymodule/

@@ -53,6 +53,7 @@ const testReserve = 8 << 20
 // goes on; usage stays in memory; once space returns the same store takes
 // writes again and the buffered usage is flushed.
 func TestDiskReserve(t *testing.T) {
+	pebbleOnly(t)
 	clk := newClock()
 	fs := vfs.NewMem()
 	fs.TestingSetDiskUsage(roomyDisk)
@@ -162,6 +163,7 @@ func enospcFS() (vfs.FS, *errorfs.Toggle) {
 // returns insufficient_storage, later writes fail the same way at once
 // instead of hanging, reads go on, usage stays in memory, and Close returns.
 func TestPebbleENOSPCContained(t *testing.T) {
+	pebbleOnly(t)
 	clk := newClock()
 	fs, tog := enospcFS()
 	logs := &logRecorder{}
@@ -302,6 +304,7 @@ func TestScanCallbackPanic(t *testing.T) {
 // are still counted in the totals (and last use) but their per-minute count
 // is dropped and counted. When space returns, everything kept is written.
 func TestUsageBufferBounded(t *testing.T) {
+	pebbleOnly(t)
 	clk := newClock()
 	fs := vfs.NewMem()
 	fs.TestingSetDiskUsage(roomyDisk)
@@ -351,6 +354,7 @@ func TestUsageBufferBounded(t *testing.T) {
 // once, then a summary with a count at most once a minute, and says once
 // when it writes again.
 func TestFlushFailureLogThrottled(t *testing.T) {
+	pebbleOnly(t)
 	clk := newClock()
 	fs := vfs.NewMem()
 	fs.TestingSetDiskUsage(roomyDisk)

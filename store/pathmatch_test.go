@@ -264,6 +264,7 @@ func (l *captureLog) Errorf(f string, a ...any) {
 // bytes, path.Match syntax) still load, and match in linear time: the
 // issue's 100 patterns against a 16 KB path took 3.2 s with path.Match.
 func TestLegacyGroupStillLoads(t *testing.T) {
+	pebbleOnly(t)
 	log := &captureLog{}
 	s := memStore(t, newClock(), func(o *Options) { o.Logger = log })
 	legacy := Group{Name: "legacy", Tenant: DefaultTenant}
