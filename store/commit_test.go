@@ -238,9 +238,8 @@ func TestRecordedEffects(t *testing.T) {
 // as another node's commit would be (decodeChanges, resolveForeign), give
 // the same effects, and subscribers are told the same ends either way.
 func TestForeignDecodeMatchesLocal(t *testing.T) {
-	// On etcd the watch can also deliver the store's own commit, when its
-	// event arrives before the Txn's answer has marked the revision as
-	// this node's (etcdKV.deliver): a third, duplicate notification.
+	// It decodes and applies each commit by hand, which on etcd the watch
+	// is doing at the same moment, and counts the notifications.
 	pebbleOnly(t)
 	runLifecycle(t, func(t *testing.T, l *lifecycle, _ lifecycleStep, c committed) {
 		fx := decodeChanges(c.keys)

@@ -125,8 +125,12 @@ type etcdKV struct {
 
 	// own holds the revisions of this node's commits whose keys Apply has
 	// delivered already, so that the watch does not deliver them again.
-	omu sync.Mutex
-	own map[int64]struct{}
+	// A commit holds inflight (shared) from sending its Txn until its
+	// revision is in own, and the watch takes it (exclusively) before it
+	// looks there: its event may arrive before the Txn's answer does.
+	omu      sync.Mutex
+	own      map[int64]struct{}
+	inflight sync.RWMutex
 }
 
 // OpenEtcd connects to an etcd cluster. It fails when no endpoint answers
@@ -325,19 +329,9 @@ func (e *etcdKV) applyRev(b *Batch) (int64, error) {
 			merges = append(merges, op)
 		}
 	}
-	var rev int64
-	for attempt := 0; ; attempt++ {
-		if attempt == etcdMergeRetries {
-			return 0, fmt.Errorf("%w: etcd txn: merged keys kept changing (%d attempts)", ErrUnavailable, attempt)
-		}
-		ok, r, err := e.commit(ops, merges, b.expects)
-		if err != nil {
-			return 0, err
-		}
-		if ok {
-			rev = r
-			break
-		}
+	rev, err := e.commitOwn(ops, merges, b.expects)
+	if err != nil {
+		return 0, err
 	}
 	// The batch's own keys, as pebbleKV passes them (repeats included): the
 	// store tells its own commits from other nodes' by them (commit.go,
@@ -347,17 +341,37 @@ func (e *etcdKV) applyRev(b *Batch) (int64, error) {
 	for i, op := range b.ops {
 		keys[i] = op.key
 	}
-	if rev != 0 && e.watching.Load() { // the watch prunes what it passes
-		e.omu.Lock()
-		e.own[rev] = struct{}{}
-		e.omu.Unlock()
-	}
 	if ws := e.watchers.Load(); ws != nil {
 		for _, w := range *ws {
 			w(keys)
 		}
 	}
 	return rev, nil
+}
+
+// commitOwn commits ops (retrying while merged keys change) and records
+// the revision as this node's own before the watch may look for it.
+func (e *etcdKV) commitOwn(ops, merges []*etcdOp, expects []batchExpect) (int64, error) {
+	e.inflight.RLock()
+	defer e.inflight.RUnlock()
+	for attempt := 0; ; attempt++ {
+		if attempt == etcdMergeRetries {
+			return 0, fmt.Errorf("%w: etcd txn: merged keys kept changing (%d attempts)", ErrUnavailable, attempt)
+		}
+		ok, rev, err := e.commit(ops, merges, expects)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			continue
+		}
+		if rev != 0 && e.watching.Load() { // the watch prunes what it passes
+			e.omu.Lock()
+			e.own[rev] = struct{}{}
+			e.omu.Unlock()
+		}
+		return rev, nil
+	}
 }
 
 // admitting reports whether this node may admit (liveness.go); always
@@ -721,6 +735,8 @@ func (e *etcdKV) deliver(events []*clientv3.Event) {
 			}
 		}
 		i = j
+		e.inflight.Lock() // commits in flight record their revisions first
+		e.inflight.Unlock()
 		e.omu.Lock()
 		_, mine := e.own[rev]
 		for r := range e.own {

@@ -82,8 +82,8 @@ var testKV func(t testing.TB, o *Options)
 var onEtcd = os.Getenv("KEYGATE_STORE_TESTS") == "etcd"
 
 // pebbleOnly marks a test of Pebble itself (disk space, its own failures,
-// record sizes etcd refuses) or one that counts notifications exactly: the
-// etcd pass leaves it to the Pebble pass.
+// record sizes etcd refuses) or one that does by hand what the etcd watch
+// does at the same moment: the etcd pass leaves it to the Pebble pass.
 func pebbleOnly(t *testing.T) {
 	if onEtcd {
 		t.Skip("a test of the Pebble KV; it runs in the Pebble pass of make test")
