@@ -736,7 +736,6 @@ func (e *etcdKV) deliver(events []*clientv3.Event) {
 		}
 		i = j
 		e.inflight.Lock() // commits in flight record their revisions first
-		e.inflight.Unlock()
 		e.omu.Lock()
 		_, mine := e.own[rev]
 		for r := range e.own {
@@ -745,6 +744,7 @@ func (e *etcdKV) deliver(events []*clientv3.Event) {
 			}
 		}
 		e.omu.Unlock()
+		e.inflight.Unlock()
 		if !mine && ws != nil && len(keys) > 0 {
 			for _, w := range *ws {
 				w(keys)
