@@ -113,11 +113,16 @@ export async function keysPage(session) {
       h('td', { class: 'actions-cell' }, menu));
   }
 
+  // Answers can come back out of order (a filter changed twice quickly):
+  // only the newest request's answer is shown.
+  let loadSeq = 0;
   async function load() {
+    const seq = ++loadSeq;
     message.textContent = '';
     const res = await api.call('GET', api.tpath('keys'), {
       query: { q: state.q, status: state.status, expiry_state: state.expiry, limit: PAGE, cursor: state.cursors[state.page] },
     });
+    if (seq !== loadSeq) return;
     state.keys = res.keys;
     const visible = new Set(res.keys.map((k) => k.id));
     for (const sid of [...state.selected]) if (!visible.has(sid)) state.selected.delete(sid);
