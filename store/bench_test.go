@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -373,4 +374,72 @@ func BenchmarkRecordUseSpread(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkUsageRounds: the whole cost of usage bookkeeping for 10k keys
+// used uniformly, as the load benchmark's uniform scenario causes it: per
+// round (one 5 s flush interval at ~12k requests/s), six uses of every key
+// and a flush, the clock moving 5 s. Pebble's compactions run in the
+// background, so the time is the process's CPU time (user + system, every
+// goroutine) until they are done, per use: comparable with the load
+// benchmark's CPU per request.
+func BenchmarkUsageRounds(b *testing.B) {
+	const n, usesPerRound = 10_000, 6
+	clk := newClock()
+	s := diskStore(b, b.TempDir(), clk, func(o *Options) { o.CacheEntries = 2 * n })
+	db := s.kv.(*pebbleKV).db
+	secrets := spreadKeys(b, s, n)
+	views := make([]*KeyView, n)
+	for i, sec := range secrets {
+		v, verdict, err := s.Verify(DefaultTenant, sec, clk.Now())
+		if err != nil || verdict != VerdictValid {
+			b.Fatal(verdict, err)
+		}
+		views[i] = v
+	}
+	ip := netip.MustParseAddr("192.0.2.1")
+	settle := func() { // until no compaction runs or is due
+		for db.Metrics().Compact.NumInProgress > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	settle()
+	m0 := db.Metrics()
+	cpu0 := processCPU(b)
+	b.ResetTimer()
+	rounds := 0
+	for b.Loop() {
+		now := clk.Now()
+		for range usesPerRound {
+			for _, v := range views {
+				s.RecordUse(v, ip, OutcomeOK, now)
+			}
+		}
+		if err := s.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		clk.Advance(5 * time.Second)
+		rounds++
+	}
+	settle()
+	b.StopTimer()
+	cpu := processCPU(b) - cpu0
+	m1 := db.Metrics()
+	uses := float64(rounds * n * usesPerRound)
+	b.ReportMetric(float64(cpu.Microseconds())/uses, "cpu-µs/use")
+	var written0, written1 uint64
+	for i := range m0.Levels {
+		written0 += m0.Levels[i].TableBytesCompacted + m0.Levels[i].TableBytesFlushed
+		written1 += m1.Levels[i].TableBytesCompacted + m1.Levels[i].TableBytesFlushed
+	}
+	b.ReportMetric(float64(written1-written0)/float64(rounds)/1e6, "MB-written/round")
+}
+
+// processCPU is the process's user and system CPU time so far.
+func processCPU(t testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -55,6 +55,7 @@ const (
 	ScGarbage   = "garbage"
 	ScMalformed = "malformed"
 	ScUnknown   = "unknown401"
+	ScUnknownAs = "unknown401same"
 	ScMiss      = "miss"
 )
 
@@ -68,6 +69,7 @@ var scenarioText = map[string]string{
 	ScGarbage:   "well-formed unknown keys, a fresh one per request (negative-cache miss + store read, 401)",
 	ScMalformed: "malformed keys: bad checksum/length/prefix/character (401 before any lookup)",
 	ScUnknown:   "1000 distinct well-formed unknown keys (401 from the negative cache) against A = plain `respond 401`",
+	ScUnknownAs: "the same 1000 unknown keys against A = Caddy's `header` and `respond` giving keygate's 401 headers and JSON body (like for like)",
 	ScMiss:      "valid keys, uniform over more keys than the cache holds (the miss path)",
 }
 
@@ -84,6 +86,11 @@ type Instance struct {
 	IdleWaitSeconds  float64  `json:"idle_wait_seconds"`
 	RSSKB            int64    `json:"rss_kb_after"`
 	HWMKB            int64    `json:"rss_peak_kb"`
+	// RSSFileKB is the part of RSSKB that maps files (the binary's code
+	// and read-only data, shared with the page cache); RSSAnonKB the
+	// process's own memory (Go heap, Pebble's block cache, memtables).
+	RSSFileKB int64 `json:"rss_file_kb_after"`
+	RSSAnonKB int64 `json:"rss_anon_kb_after"`
 	Caddyfile        string   `json:"caddyfile"`
 	Scenarios        []*Scene `json:"scenarios"`
 }
@@ -182,7 +189,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
 	for _, sc := range cfg.Scenarios {
 		if _, ok := scenarioText[sc]; !ok || sc == ScMiss {
-			return nil, fmt.Errorf("unknown scenario %q (want uniform, zipf, garbage, malformed, unknown401)", sc)
+			return nil, fmt.Errorf("unknown scenario %q (want uniform, zipf, garbage, malformed, unknown401, unknown401same)", sc)
 		}
 	}
 	start := time.Now()
@@ -296,14 +303,20 @@ func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, cli
 			pick = garbageKeys(cfg.Seed)
 		case ScMalformed:
 			pick = malformedKeys(cfg.Seed)
-		case ScUnknown:
+		case ScUnknown, ScUnknownAs:
 			pick = fixedKeys(garbageKeys(cfg.Seed^0x401), unknownSecrets, cfg.Seed)
 		}
-		// Side A of the 401 scenario is Caddy answering 401 by itself, not
+		// Side A of the 401 scenarios is Caddy answering 401 by itself, not
 		// the proxy: the target compares keygate's rejection with that.
 		urlA := kg.urlA
-		if name == ScUnknown {
+		switch name {
+		case ScUnknown:
 			urlA = kg.urlR
+		case ScUnknownAs:
+			urlA = kg.urlS
+			if err := kg.checkInvalid401(ctx, client, pick(0)()); err != nil {
+				return err
+			}
 		}
 		sc := &Scene{Name: name, Description: scenarioText[name]}
 		inst.Scenarios = append(inst.Scenarios, sc)
@@ -371,8 +384,10 @@ func runInstance(ctx context.Context, cfg Config, bin, dir, upstream string, cli
 			}
 		}
 	}
-	inst.RSSKB, inst.HWMKB = procRSS(kg.pid())
-	cfg.Logf("[%s] keygate RSS %.1f MiB (peak %.1f MiB)", inst.Name, float64(inst.RSSKB)/1024, float64(inst.HWMKB)/1024)
+	m := procRSS(kg.pid())
+	inst.RSSKB, inst.HWMKB, inst.RSSFileKB, inst.RSSAnonKB = m.rss, m.hwm, m.file, m.anon
+	cfg.Logf("[%s] keygate RSS %.1f MiB (peak %.1f MiB; anonymous %.1f MiB, files %.1f MiB)", inst.Name,
+		float64(inst.RSSKB)/1024, float64(inst.HWMKB)/1024, float64(inst.RSSAnonKB)/1024, float64(inst.RSSFileKB)/1024)
 	return nil
 }
 
@@ -432,6 +447,7 @@ type keygate struct {
 	caddyfile  string
 	urlA, urlB string
 	urlR       string // site R: plain `respond 401` (the 401 scenario's A)
+	urlS       string // site S: `respond` with keygate's 401 headers and body (unknown401same's A)
 	admin      string // http://127.0.0.1:port when profiling
 	api        string // the admin REST API, http://127.0.0.1:port, for the import
 }
@@ -442,8 +458,10 @@ func (k *keygate) pid() int { return k.cmd.Process.Pid }
 // the identical reverse_proxy block behind api_key (PITFALLS 18). With
 // apiPort > 0 a third site serves the admin REST API (for the import), its
 // operator token taken from the environment. Site R answers 401 by itself
-// (`respond 401`): the baseline of keygate's rejection path.
-func caddyfile(dir, storeDir, upstream string, cache, blockCache int64, flush time.Duration, portA, portB, portR, adminPort, idleConns, apiPort int) string {
+// (`respond 401`): the baseline of keygate's rejection path. Site S answers
+// what keygate answers an unknown key (invalid401), with Caddy's own
+// directives.
+func caddyfile(dir, storeDir, upstream string, cache, blockCache int64, flush time.Duration, portA, portB, portR, portS, adminPort, idleConns, apiPort int) string {
 	admin := "admin off"
 	if adminPort > 0 {
 		admin = fmt.Sprintf("admin 127.0.0.1:%d", adminPort)
@@ -497,7 +515,59 @@ http://127.0.0.1:%d {
 	bind 127.0.0.1
 	respond 401
 }
-%s`, admin, filepath.Join(dir, "caddy"), storeDir, cache, flush, blockCacheLine, portA, proxy, portB, proxy, portR, apiSite)
+
+http://127.0.0.1:%d {
+	bind 127.0.0.1
+	header Content-Type %s
+	header Cache-Control %s
+	header WWW-Authenticate %s
+	respond %s 401
+}
+%s`, admin, filepath.Join(dir, "caddy"), storeDir, cache, flush, blockCacheLine, portA, proxy, portB, proxy, portR,
+		portS, invalid401.contentType, invalid401.cacheControl, strconv.Quote(invalid401.challenge), "`"+strings.TrimSuffix(invalid401.body, "\n")+"`", apiSite)
+}
+
+// invalid401 is keygate's answer to an unknown key (SPEC section 3), which
+// site S copies; checkInvalid401 makes sure the copy stays exact.
+var invalid401 = struct{ contentType, cacheControl, challenge, body string }{
+	contentType:  "application/json",
+	cacheControl: "no-store",
+	challenge:    `Bearer realm="keygate", error="invalid_token"`,
+	body:         `{"error":{"code":"invalid_key","message":"invalid API key"}}` + "\n",
+}
+
+// checkInvalid401 compares site S's answer with keygate's answer to an
+// unknown key: status, the three headers and the body.
+func (k *keygate) checkInvalid401(ctx context.Context, c *http.Client, unknown string) error {
+	answer := func(url, secret string) (string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return "", err
+		}
+		if secret != "" {
+			req.Header.Set("X-API-Key", secret)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %q %q %q %q", resp.StatusCode, resp.Header.Get("Content-Type"), resp.Header.Get("Cache-Control"),
+			resp.Header.Get("WWW-Authenticate"), strings.TrimSuffix(string(body), "\n")), err
+	}
+	b, err := answer(k.urlB, unknown)
+	if err != nil {
+		return err
+	}
+	s, err := answer(k.urlS, "")
+	if err != nil {
+		return err
+	}
+	if b != s {
+		return fmt.Errorf("site S answers %s, keygate %s: update invalid401", s, b)
+	}
+	return nil
 }
 
 // startOptions are what the import's keygate has on top of the measured one.
@@ -511,7 +581,7 @@ type startOptions struct {
 func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream string, cache int64, opt startOptions) (*keygate, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		ports, err := freePorts(5)
+		ports, err := freePorts(6)
 		if err != nil {
 			return nil, err
 		}
@@ -523,7 +593,7 @@ func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream 
 			apiPort = ports[3]
 		}
 		cf := filepath.Join(dir, "Caddyfile")
-		text := caddyfile(dir, storeDir, upstream, cache, cfg.BlockCache, cfg.Flush, ports[0], ports[1], ports[4], adminPort, cfg.IdleConns, apiPort)
+		text := caddyfile(dir, storeDir, upstream, cache, cfg.BlockCache, cfg.Flush, ports[0], ports[1], ports[4], ports[5], adminPort, cfg.IdleConns, apiPort)
 		if err := os.WriteFile(cf, []byte(text), 0o600); err != nil {
 			return nil, err
 		}
@@ -538,7 +608,7 @@ func startKeygate(ctx context.Context, cfg Config, bin, dir, storeDir, upstream 
 		}
 		kg := &keygate{cmd: cmd, done: make(chan struct{}), log: log, caddyfile: text,
 			urlA: fmt.Sprintf("http://127.0.0.1:%d/", ports[0]), urlB: fmt.Sprintf("http://127.0.0.1:%d/", ports[1]),
-			urlR: fmt.Sprintf("http://127.0.0.1:%d/", ports[4])}
+			urlR: fmt.Sprintf("http://127.0.0.1:%d/", ports[4]), urlS: fmt.Sprintf("http://127.0.0.1:%d/", ports[5])}
 		if adminPort > 0 {
 			kg.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 		}
@@ -591,7 +661,7 @@ func (k *keygate) waitReady(ctx context.Context, timeout time.Duration) error {
 			return ctx.Err()
 		default:
 		}
-		if statusOf(c, k.urlA) == 200 && statusOf(c, k.urlB) == 401 && statusOf(c, k.urlR) == 401 {
+		if statusOf(c, k.urlA) == 200 && statusOf(c, k.urlB) == 401 && statusOf(c, k.urlR) == 401 && statusOf(c, k.urlS) == 401 {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -740,11 +810,15 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / ticks
 }
 
-// procRSS returns VmRSS and VmHWM (peak) in KiB.
-func procRSS(pid int) (rss, hwm int64) {
+// rssKB is a process's resident memory from /proc/<pid>/status, in KiB:
+// VmRSS, VmHWM (its peak), RssFile and RssAnon.
+type rssKB struct{ rss, hwm, file, anon int64 }
+
+// procRSS reads pid's resident memory (zero when it cannot).
+func procRSS(pid int) (m rssKB) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0
+		return m
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
@@ -754,12 +828,16 @@ func procRSS(pid int) (rss, hwm int64) {
 		v, _ := strconv.ParseInt(f[1], 10, 64)
 		switch f[0] {
 		case "VmRSS:":
-			rss = v
+			m.rss = v
 		case "VmHWM:":
-			hwm = v
+			m.hwm = v
+		case "RssFile:":
+			m.file = v
+		case "RssAnon:":
+			m.anon = v
 		}
 	}
-	return rss, hwm
+	return m
 }
 
 // settle waits out a flush interval (the next usage flush has then run or

@@ -224,11 +224,12 @@ func TargetTable(rep *Report) string {
 // InstanceTable has the import speed and memory of each keygate instance.
 func InstanceTable(rep *Report) string {
 	var b strings.Builder
-	b.WriteString("| instance | keys | cache | import (endpoint) | import keys/s | keygate cpu in import | store on disk | keygate start | idle wait | RSS after runs | peak RSS |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| instance | keys | cache | import (endpoint) | import keys/s | keygate cpu in import | store on disk | keygate start | idle wait | RSS after runs | of which anonymous / files | peak RSS |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, i := range rep.Instances {
-		fmt.Fprintf(&b, "| %s | %d | %d | %.2f s | %.0f | %.1f s | %.1f MiB | %.2f s | %.1f s | %s | %s |\n", i.Name, i.Keys, i.Cache,
-			i.ImportSeconds, i.ImportKeysPerSec, i.ImportCPUSeconds, float64(i.StoreBytes)/(1<<20), i.StartSeconds, i.IdleWaitSeconds, mib(i.RSSKB), mib(i.HWMKB))
+		fmt.Fprintf(&b, "| %s | %d | %d | %.2f s | %.0f | %.1f s | %.1f MiB | %.2f s | %.1f s | %s | %s / %s | %s |\n", i.Name, i.Keys, i.Cache,
+			i.ImportSeconds, i.ImportKeysPerSec, i.ImportCPUSeconds, float64(i.StoreBytes)/(1<<20), i.StartSeconds, i.IdleWaitSeconds,
+			mib(i.RSSKB), mib(i.RSSAnonKB), mib(i.RSSFileKB), mib(i.HWMKB))
 	}
 	return b.String()
 }
