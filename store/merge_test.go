@@ -1,7 +1,9 @@
 package store
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -326,4 +328,124 @@ func FuzzMergeUsage(f *testing.F) {
 			t.Fatalf("merge result does not decode: %v", err)
 		}
 	})
+}
+
+// mergeUsage's encoded path gives exactly the bytes of the decoded one, and
+// leaves to it only what it cannot take.
+func TestMergeUsageEncodedMatchesDecoded(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	// wide records have minutes spread over more than the window, some
+	// repeated; unordered ones also go back (stored records never do, a
+	// newer one is sorted before merging).
+	wide := func(unordered bool) *usageRecord {
+		u := randUsage(r)
+		m := int64(28_000_000)
+		if n := len(u.Minutes); n > 0 {
+			m = u.Minutes[n-1].Minute
+		}
+		for range r.IntN(40) {
+			switch r.IntN(6) {
+			case 0:
+				if unordered {
+					m -= int64(r.IntN(3))
+				}
+			case 1:
+				m += int64(r.IntN(2000)) // a gap near the window
+			default:
+				m++
+			}
+			u.Minutes = append(u.Minutes, minuteCount{Minute: m, Counts: [numOutcomes]uint64{uint64(r.IntN(300))}})
+		}
+		return u
+	}
+	encoded := 0
+	for i := range 5000 {
+		var a, b []byte
+		switch i % 4 {
+		case 0:
+			a, b = encodeUsage(randUsage(r)), encodeUsage(randUsage(r))
+		case 1:
+			a, b = encodeUsage(wide(true)), encodeUsage(wide(i%20 == 1))
+		case 2:
+			a, b = nil, encodeUsage(wide(false))
+		case 3:
+			a, b = encodeUsage(wide(true)), encodeUsage(&usageRecord{})
+		}
+		want := mergeUsageDecoded(a, b)
+		got, ok := mergeUsageEncoded(a, b)
+		if ok {
+			encoded++
+			if !bytes.Equal(got, want) {
+				t.Fatalf("case %d: encoded merge\n%x\nwant\n%x", i, got, want)
+			}
+		}
+		if !bytes.Equal(mergeUsage(a, b), want) {
+			t.Fatalf("case %d: mergeUsage differs from the decoded merge", i)
+		}
+	}
+	if encoded < 4700 { // only unordered newer minutes fall back (1 case in 20)
+		t.Fatalf("the encoded path took %d of 5000 merges", encoded)
+	}
+	// JSON, undecodable and empty newer records fall back.
+	for _, c := range [][2][]byte{
+		{[]byte(`{"totals":[1,0,0,0,0,0,0],"minutes":[]}`), encodeUsage(randUsage(r))},
+		{{usageCodecV1, 0x80}, encodeUsage(randUsage(r))},
+		{encodeUsage(randUsage(r)), nil},
+		{encodeUsage(randUsage(r)), {usageCodecV1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5}},
+	} {
+		if _, ok := mergeUsageEncoded(c[0], c[1]); ok {
+			t.Fatalf("encoded merge took %x + %x", c[0], c[1])
+		}
+	}
+}
+
+// FuzzMergeUsageEncoded: on any bytes the encoded merge either declines or
+// gives the record the decoded merge gives (the same bytes, but for
+// minutes it copies, which keep an over-long varint they were given).
+func FuzzMergeUsageEncoded(f *testing.F) {
+	r := rand.New(rand.NewPCG(7, 8))
+	for range 4 {
+		f.Add(encodeUsage(randUsage(r)), encodeUsage(randUsage(r)))
+	}
+	f.Add([]byte{usageCodecV1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 4, 1, 0, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0}, []byte{usageCodecV1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, older, newer []byte) {
+		got, ok := mergeUsageEncoded(older, newer)
+		if !ok {
+			return
+		}
+		var g, w usageRecord
+		if err := decodeUsage(got, &g); err != nil {
+			t.Fatalf("encoded merge of %x + %x does not decode: %v", older, newer, err)
+		}
+		mustNil(t, decodeUsage(mergeUsageDecoded(older, newer), &w))
+		if !reflect.DeepEqual(g, w) {
+			t.Fatalf("encoded merge differs on %x + %x:\n%+v\n%+v", older, newer, g, w)
+		}
+	})
+}
+
+// BenchmarkMergeUsage: one compaction merge of a flush's operand (one
+// minute) into a base record holding an hour or a day of minutes.
+func BenchmarkMergeUsage(b *testing.B) {
+	for _, minutes := range []int{60, 1440} {
+		base := &usageRecord{Totals: [numOutcomes]uint64{1000}}
+		for i := range minutes {
+			base.Minutes = append(base.Minutes, minuteCount{Minute: 28_000_000 + int64(i), Counts: [numOutcomes]uint64{12, 1}})
+		}
+		at := time.Unix(28_000_000*60+int64(minutes)*60, 0)
+		op := encodeUsage(&usageRecord{LastUsedAt: &at, LastUsedIP: "192.0.2.1", Totals: [numOutcomes]uint64{6},
+			Minutes: []minuteCount{{Minute: 28_000_000 + int64(minutes), Counts: [numOutcomes]uint64{6}}}})
+		older := encodeUsage(base)
+		for _, path := range []struct {
+			name  string
+			merge func(a, b []byte) []byte
+		}{{"encoded", mergeUsage}, {"decoded", mergeUsageDecoded}} {
+			b.Run(fmt.Sprintf("%dmin/%s", minutes, path.name), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					path.merge(older, op)
+				}
+			})
+		}
+	}
 }

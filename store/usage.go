@@ -618,6 +618,16 @@ func mergeValues(key, older, newer []byte) []byte {
 // decode counts as empty: merges also run inside Pebble's compactions, where
 // an error would stop them, and such a record could not be read anyway.
 func mergeUsage(older, newer []byte) []byte {
+	if out, ok := mergeUsageEncoded(older, newer); ok {
+		return out
+	}
+	return mergeUsageDecoded(older, newer)
+}
+
+// mergeUsageDecoded is mergeUsage through usageRecord: it takes every
+// input (JSON records of earlier versions, undecodable ones), and gives the
+// record mergeUsageEncoded must give.
+func mergeUsageDecoded(older, newer []byte) []byte {
 	var a, b usageRecord
 	if len(older) > 0 && decodeUsage(older, &a) != nil {
 		a = usageRecord{}
