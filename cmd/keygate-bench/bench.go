@@ -75,24 +75,24 @@ var scenarioText = map[string]string{
 
 // Instance is one keygate process with its store.
 type Instance struct {
-	Name             string   `json:"name"`
-	Keys             int      `json:"keys"`
-	Cache            int64    `json:"cache"`
-	ImportSeconds    float64  `json:"import_seconds"`
-	ImportKeysPerSec float64  `json:"import_keys_per_sec"`
-	ImportCPUSeconds float64  `json:"import_keygate_cpu_seconds"` // keygate's CPU time over the import calls
-	StoreBytes       int64    `json:"store_bytes"`
-	StartSeconds     float64  `json:"start_seconds"`
-	IdleWaitSeconds  float64  `json:"idle_wait_seconds"`
-	RSSKB            int64    `json:"rss_kb_after"`
-	HWMKB            int64    `json:"rss_peak_kb"`
+	Name             string  `json:"name"`
+	Keys             int     `json:"keys"`
+	Cache            int64   `json:"cache"`
+	ImportSeconds    float64 `json:"import_seconds"`
+	ImportKeysPerSec float64 `json:"import_keys_per_sec"`
+	ImportCPUSeconds float64 `json:"import_keygate_cpu_seconds"` // keygate's CPU time over the import calls
+	StoreBytes       int64   `json:"store_bytes"`
+	StartSeconds     float64 `json:"start_seconds"`
+	IdleWaitSeconds  float64 `json:"idle_wait_seconds"`
+	RSSKB            int64   `json:"rss_kb_after"`
+	HWMKB            int64   `json:"rss_peak_kb"`
 	// RSSFileKB is the part of RSSKB that maps files (the binary's code
 	// and read-only data, shared with the page cache); RSSAnonKB the
 	// process's own memory (Go heap, Pebble's block cache, memtables).
-	RSSFileKB int64 `json:"rss_file_kb_after"`
-	RSSAnonKB int64 `json:"rss_anon_kb_after"`
-	Caddyfile        string   `json:"caddyfile"`
-	Scenarios        []*Scene `json:"scenarios"`
+	RSSFileKB int64    `json:"rss_file_kb_after"`
+	RSSAnonKB int64    `json:"rss_anon_kb_after"`
+	Caddyfile string   `json:"caddyfile"`
+	Scenarios []*Scene `json:"scenarios"`
 }
 
 // Scene is the result of one scenario: rounds × (A, B).
