@@ -129,6 +129,7 @@ type verifyCache struct {
 	pos   *ristretto.Cache[uint64, *KeyView]
 	neg   *ristretto.Cache[uint64, *negEntry]
 	table *hitTable
+	negs  *negTable // the lock-free front of neg
 	count cacheCounters
 	ttl   time.Duration
 	gens  [genStripes]atomic.Uint64
@@ -137,8 +138,9 @@ type verifyCache struct {
 const genStripes = 4096
 
 type negEntry struct {
-	hash SecretHash
-	gen  uint64
+	hash    SecretHash
+	gen     uint64
+	expires int64 // unix nanos, by the clock Verify is given (negTable)
 }
 
 func newVerifyCache(entries, negEntries int64, ttl time.Duration) (*verifyCache, error) {
@@ -161,7 +163,7 @@ func newVerifyCache(entries, negEntries int64, ttl time.Duration) (*verifyCache,
 		pos.Close()
 		return nil, fmt.Errorf("negative cache: %w", err)
 	}
-	return &verifyCache{pos: pos, neg: neg, table: table, ttl: ttl}, nil
+	return &verifyCache{pos: pos, neg: neg, table: table, negs: newNegTable(negEntries), ttl: ttl}, nil
 }
 
 // stripeOf is the store's one striping function: the generation stripe of
@@ -181,6 +183,7 @@ func (s *Store) invalidate(h SecretHash) {
 	c := s.vcache
 	c.gen(h).Add(1)
 	c.table.removeHash(h)
+	c.negs.remove(h, h.cacheKey())
 	g := s.guard(h)
 	g.RLock()
 	defer g.RUnlock()
@@ -261,7 +264,7 @@ func (s *Store) Verify(tenant, secret string, now time.Time) (*KeyView, Verdict,
 	if s.closed.Load() {
 		return nil, VerdictInvalid, ErrClosed
 	}
-	view, err := s.lookup(h)
+	view, err := s.lookup(h, now)
 	if err != nil {
 		return nil, VerdictInvalid, err
 	}
@@ -281,12 +284,20 @@ func (s *Store) Verify(tenant, secret string, now time.Time) (*KeyView, Verdict,
 }
 
 // lookup returns the view for a hash, or nil when no key has it. A hit in
-// the table takes no lock: the table is plain memory, which Close leaves
-// alone; everything that uses ristretto holds the hash's guard stripe.
-func (s *Store) lookup(h SecretHash) (*KeyView, error) {
+// either table takes no lock: the tables are plain memory, which Close
+// leaves alone; everything that uses ristretto holds the hash's guard
+// stripe. now dates negative entries.
+func (s *Store) lookup(h SecretHash, now time.Time) (*KeyView, error) {
 	c := s.vcache
 	ck := h.cacheKey()
 	gen := c.gen(h).Load() // before any read that may fill the cache
+	nowNano := now.UnixNano()
+	// Unknown secrets first, as below: the negative table is small and
+	// warm, the hit table's slot for an unknown secret a cold line.
+	if c.negs.known(h, ck, gen, nowNano) {
+		c.count.miss()
+		return nil, nil
+	}
 	if v := c.table.get(h, ck, gen); v != nil {
 		c.count.hit()
 		if sampled() {
@@ -308,6 +319,7 @@ func (s *Store) lookup(h SecretHash) (*KeyView, error) {
 	// guarantee allows (commit.go), so the order changes nothing it says.
 	if e, ok := c.neg.Get(ck); ok && e.gen == gen && e.hash == h {
 		c.count.miss()
+		c.negs.put(ck, e)
 		return nil, nil
 	}
 	if v, ok := c.pos.Get(ck); ok && v.gen == gen && v.hash == h {
@@ -327,7 +339,9 @@ func (s *Store) lookup(h SecretHash) (*KeyView, error) {
 		return nil, err
 	}
 	if view == nil {
-		c.neg.SetWithTTL(ck, &negEntry{hash: h, gen: gen}, 1, c.ttl)
+		e := &negEntry{hash: h, gen: gen, expires: nowNano + int64(c.ttl)}
+		c.negs.put(ck, e)
+		c.neg.SetWithTTL(ck, e, 1, c.ttl)
 		return nil, nil
 	}
 	view.hash, view.gen = h, gen
