@@ -174,7 +174,7 @@ func (c *Config) defaults() {
 		c.ZipfS = 1.1
 	}
 	if c.Scenarios == nil {
-		c.Scenarios = []string{ScUniform, ScZipf, ScGarbage, ScMalformed, ScUnknown}
+		c.Scenarios = []string{ScUniform, ScZipf, ScGarbage, ScMalformed, ScUnknown, ScUnknownAs}
 	}
 	if c.ImportChunk <= 0 || c.ImportChunk > store.MaxImport {
 		c.ImportChunk = store.MaxImport

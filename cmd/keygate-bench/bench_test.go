@@ -115,8 +115,9 @@ func TestRunAgainstBinary(t *testing.T) {
 	}
 	got := map[string]*Scene{}
 	for _, inst := range rep.Instances {
-		if inst.RSSKB <= 0 || inst.ImportKeysPerSec <= 0 {
-			t.Errorf("instance %s: rss %d KiB, import %.0f keys/s", inst.Name, inst.RSSKB, inst.ImportKeysPerSec)
+		if inst.RSSKB <= 0 || inst.ImportKeysPerSec <= 0 || inst.RSSAnonKB <= 0 || inst.RSSFileKB <= 0 || inst.RSSAnonKB+inst.RSSFileKB > inst.RSSKB {
+			t.Errorf("instance %s: rss %d KiB (anonymous %d, files %d), import %.0f keys/s", inst.Name, inst.RSSKB,
+				inst.RSSAnonKB, inst.RSSFileKB, inst.ImportKeysPerSec)
 		}
 		for _, sc := range inst.Scenarios {
 			got[sc.Name] = sc
@@ -125,13 +126,13 @@ func TestRunAgainstBinary(t *testing.T) {
 			}
 		}
 	}
-	for _, name := range []string{ScUniform, ScZipf, ScGarbage, ScMalformed, ScUnknown, ScMiss} {
+	for _, name := range []string{ScUniform, ScZipf, ScGarbage, ScMalformed, ScUnknown, ScUnknownAs, ScMiss} {
 		sc := got[name]
 		if sc == nil {
 			t.Fatalf("no scenario %s", name)
 		}
 		a, b := sc.Summary.A, sc.Summary.B
-		if name == ScUnknown { // A is plain `respond 401`
+		if name == ScUnknown || name == ScUnknownAs { // A is Caddy's `respond … 401`
 			if a.Status401 == 0 || a.Status401 != a.Requests || a.Errors != 0 {
 				t.Errorf("%s A: want only 401s: %+v", name, a)
 			}
@@ -139,7 +140,7 @@ func TestRunAgainstBinary(t *testing.T) {
 			t.Errorf("%s A: %+v", name, a)
 		}
 		switch name {
-		case ScGarbage, ScMalformed, ScUnknown:
+		case ScGarbage, ScMalformed, ScUnknown, ScUnknownAs:
 			if b.Status401 == 0 || b.Status401 != b.Requests || b.Errors != 0 {
 				t.Errorf("%s B: want only 401s: %+v", name, b)
 			}

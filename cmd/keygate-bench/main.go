@@ -9,7 +9,7 @@
 // each side (from /proc; the load generator's is not counted), import speed
 // and keygate's RSS.
 //
-//	go run ./cmd/keygate-bench                 # 10k keys: uniform, zipf, garbage, malformed, unknown401
+//	go run ./cmd/keygate-bench                 # 10k keys: uniform, zipf, garbage, malformed, unknown401, unknown401same
 //	go run ./cmd/keygate-bench --big           # plus 1M keys with a 100k cache (miss path)
 //	go run ./cmd/keygate-bench --quick         # about a minute, sanity only
 //	go run ./cmd/keygate-bench --profile prof  # plus one CPU-profiled A,B pair per scenario
@@ -37,7 +37,7 @@ func main() {
 	flag.StringVar(&cfg.Binary, "bin", "bin/keygate", "keygate binary (built with `go build -o <bin> ./cmd/keygate` if missing)")
 	flag.IntVar(&cfg.Keys, "keys", 10_000, "keys in the store of the main instance")
 	flag.Int64Var(&cfg.Cache, "cache", 100_000, "api_keys cache entries of the main instance")
-	flag.StringVar(&scenarios, "scenarios", "uniform,zipf,garbage,malformed,unknown401", "scenarios of the main instance, in order (none: only --big)")
+	flag.StringVar(&scenarios, "scenarios", "uniform,zipf,garbage,malformed,unknown401,unknown401same", "scenarios of the main instance, in order (none: only --big)")
 	flag.BoolVar(&cfg.Big, "big", false, "also run the miss-path scenario: --big-keys keys with a --big-cache cache, uniform")
 	flag.IntVar(&cfg.BigKeys, "big-keys", 1_000_000, "keys of the big instance")
 	flag.Int64Var(&cfg.BigCache, "big-cache", 100_000, "api_keys cache entries of the big instance")

@@ -144,7 +144,7 @@ func evaluate(rep *Report) []Target {
 			s := sc.Summary
 			a, b := s.A, s.B
 			frac := func(n, of int64) float64 { return ratio(float64(n), float64(of)) }
-			if sc.Name == ScUnknown {
+			if sc.Name == ScUnknown || sc.Name == ScUnknownAs {
 				out = append(out, check(inst.Name, sc.Name, "A answered 401, no errors", a.Status401 == a.Requests && a.Errors == 0 && a.Requests > 0, frac(a.Status401, a.Requests)))
 			} else {
 				out = append(out, check(inst.Name, sc.Name, "A answered 2xx, no errors", a.Status2xx == a.Requests && a.Errors == 0 && a.Requests > 0, frac(a.Status2xx, a.Requests)))
