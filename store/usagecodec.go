@@ -45,36 +45,24 @@ func decodeUsage(b []byte, u *usageRecord) error {
 	if len(b) > 0 && b[0] == '{' {
 		return json.Unmarshal(b, u)
 	}
-	if len(b) == 0 || b[0] != usageCodecV1 {
+	var p usageParts
+	if len(b) == 0 || !parseUsage(b, &p) {
 		return errBadUsage
 	}
-	r := reader{b: b[1:]}
-	if at := r.varint(); at != 0 {
-		t := time.Unix(0, at).UTC()
+	if p.at != 0 {
+		t := time.Unix(0, p.at).UTC()
 		u.LastUsedAt = &t
 	}
-	n := r.uvarint()
-	if n > uint64(len(r.b)) {
-		return errBadUsage
-	}
-	u.LastUsedIP = string(r.b[:n])
-	r.b = r.b[n:]
-	for o := range u.Totals {
-		u.Totals[o] = r.uvarint()
-	}
-	n = r.uvarint()
-	if n > uint64(len(r.b)) {
-		return errBadUsage
-	}
-	u.Minutes = make([]minuteCount, n)
+	u.LastUsedIP = string(p.ip)
+	u.Totals = p.totals
+	u.Minutes = make([]minuteCount, p.n)
+	mr := minuteReader{b: p.minutes, left: p.n}
+	var m encodedMinute
 	for i := range u.Minutes {
-		u.Minutes[i].Minute = r.varint()
-		for o := range u.Minutes[i].Counts {
-			u.Minutes[i].Counts[o] = r.uvarint()
+		if !mr.next(&m) {
+			return errBadUsage
 		}
-	}
-	if r.err {
-		return errBadUsage
+		u.Minutes[i] = minuteCount{Minute: m.minute, Counts: m.counts()}
 	}
 	return nil
 }
@@ -148,9 +136,9 @@ type usageParts struct {
 	minutes []byte // the n encoded minutes (and whatever trails them)
 }
 
-// parseUsage reads a binary record's header the way decodeUsage does; ok
-// is false where decodeUsage would fail or the record is JSON. An empty b
-// is the empty record.
+// parseUsage reads a binary record's header (decodeUsage and the encoded
+// merge share it); ok is false for a JSON or undecodable header. An empty
+// b is the empty record.
 func parseUsage(b []byte, p *usageParts) bool {
 	*p = usageParts{}
 	if len(b) == 0 {
