@@ -398,7 +398,7 @@ func BenchmarkUsageRounds(b *testing.B) {
 		views[i] = v
 	}
 	ip := netip.MustParseAddr("192.0.2.1")
-	settle := func() { // until no compaction runs or is due
+	settle := func() { // until no compaction runs
 		for db.Metrics().Compact.NumInProgress > 0 {
 			time.Sleep(10 * time.Millisecond)
 		}

@@ -30,11 +30,8 @@ func encodeUsage(u *usageRecord) []byte {
 		b = binary.AppendUvarint(b, n)
 	}
 	b = binary.AppendUvarint(b, uint64(len(u.Minutes)))
-	for _, m := range u.Minutes {
-		b = binary.AppendVarint(b, m.Minute)
-		for _, n := range m.Counts {
-			b = binary.AppendUvarint(b, n)
-		}
+	for i := range u.Minutes {
+		b = appendMinute(b, &u.Minutes[i])
 	}
 	return b
 }
