@@ -59,6 +59,9 @@ const DefaultEtcdTimeout = 2 * time.Second
 // etcdScanPage is how many keys one range request of Scan returns.
 const etcdScanPage = 500
 
+// ownBeforeWatch bounds the own revisions recorded while no watch runs.
+const ownBeforeWatch = 1024
+
 // etcdMergeRetries bounds the read-modify-write retries of a batch with
 // merges whose keys another writer changed meanwhile.
 const etcdMergeRetries = 16
@@ -365,9 +368,15 @@ func (e *etcdKV) commitOwn(ops, merges []*etcdOp, expects []batchExpect) (int64,
 		if !ok {
 			continue
 		}
-		if rev != 0 && e.watching.Load() { // the watch prunes what it passes
+		if rev != 0 {
+			// The watch prunes what it passes. Commits made before it
+			// starts (Store.init's) are recorded too, since it starts at
+			// openRev+1 and passes them; the bound keeps a KV that is
+			// never watched (storage copy) from growing the map.
 			e.omu.Lock()
-			e.own[rev] = struct{}{}
+			if e.watching.Load() || len(e.own) < ownBeforeWatch {
+				e.own[rev] = struct{}{}
+			}
 			e.omu.Unlock()
 		}
 		return rev, nil

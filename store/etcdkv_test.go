@@ -258,6 +258,27 @@ func TestEtcdKVWatchDeliversOtherNodesCommits(t *testing.T) {
 	}
 }
 
+// TestEtcdKVOwnCommitsBeforeWatchAreOwn: the watch starts at the revision
+// the KV was opened at, so it passes the commits this node made before
+// Watch (Store.init's); Apply delivered those, and so they are not
+// delivered again as if another node had made them.
+func TestEtcdKVOwnCommitsBeforeWatchAreOwn(t *testing.T) {
+	a := newEtcdKV(t)
+	b := etcdKVAt(t, etcdtest.Shared(t), a.prefix, 0)
+	var early Batch
+	early.Set([]byte("t/early"), []byte("1"))
+	mustNil(t, a.Apply(&early, true))
+	rec := newRecorder()
+	a.Watch(rec.fn)
+	var marker Batch
+	marker.Set([]byte("marker"), []byte("1"))
+	mustNil(t, b.Apply(&marker, true))
+	rec.waitFor(t, "marker") // the watch has passed the early commit
+	if n := rec.count("t/early"); n != 0 {
+		t.Fatalf("a commit of this node made before Watch was delivered %d times by the watch", n)
+	}
+}
+
 func TestEtcdKVCompactedWatchResets(t *testing.T) {
 	srv := etcdtest.Shared(t)
 	a := newEtcdKV(t)
