@@ -335,9 +335,18 @@ func TestEtcdStoreCompactionInvalidates(t *testing.T) {
 	prefix := etcdtest.Prefix(t)
 	kvA := etcdKVAt(t, srv, prefix, 0)
 	a := memStore(t, clk, func(o *Options) { o.KV = kvA })
-	b := memStore(t, clk, func(o *Options) { o.KV = etcdKVAt(t, srv, prefix, 0) })
+	kvB := etcdKVAt(t, srv, prefix, 0)
+	b := memStore(t, clk, func(o *Options) { o.KV = kvB })
+	rec := newRecorder()
+	kvA.Watch(rec.fn)
 	enable(t, b, "acme")
 	key, secret := mustKey(t, b, "acme", "alice", KeyInput{})
+	// a's watch passes the key's creation before a caches the key: a late
+	// delivery would empty a's cache while the watch is stopped.
+	var marker Batch
+	marker.Set([]byte(pMeta+"test-marker"), []byte("1"))
+	mustNil(t, kvB.Apply(&marker, true))
+	rec.waitFor(t, pMeta+"test-marker")
 	if v := waitVerdict(t, a, "acme", secret, VerdictValid); v != VerdictValid {
 		t.Fatalf("node a: %s", vname(v))
 	}
