@@ -45,6 +45,10 @@ func chromiumAllocator(t *testing.T, ctx context.Context, extra ...chromedp.Exec
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
 		chromedp.UserDataDir(t.TempDir()),
+		// Chromium puts its singleton socket in a directory of its own
+		// under TMPDIR, left behind when the test ends it: keep it in the
+		// test's directory, removed with it.
+		chromedp.Env("TMPDIR=" + t.TempDir()),
 	}, extra...)
 	return chromedp.NewExecAllocator(ctx, opts...)
 }
