@@ -168,10 +168,11 @@ func (s *Store) loadKey(tenant, id string) (*keyRecord, SecretHash, error) {
 	}
 	copy(h[:], raw)
 	var rec keyRecord
-	if err := s.getKeyRecord(h, &rec); err != nil {
+	found, err := s.followKeyRecord(id, &h, &rec)
+	if err != nil {
 		return nil, h, fmt.Errorf("read key %s: %w", id, err)
 	}
-	if rec.Tenant != tenant {
+	if !found || rec.Tenant != tenant {
 		return nil, h, notFound("key", id)
 	}
 	return &rec, h, nil
@@ -427,32 +428,42 @@ func (s *Store) ownerKeys(tenant, owner string) ([]*keyRecord, error) {
 }
 
 // indexedKeyRecord reads the record an index entry (key → h, the key id
-// last in key) points at. On a KV other nodes write, the key may have been
-// rotated or deleted between the index scan and this read: its current
-// record is then read through k/<id>, and a deleted key is not found.
+// last in key) points at; found is false when the key is gone.
 func (s *Store) indexedKeyRecord(key []byte, h SecretHash, rec *keyRecord) (found bool, err error) {
-	err = s.getKeyRecord(h, rec)
-	if !errors.Is(err, errKVNotFound) || !s.shared {
-		return err == nil, err
-	}
-	id := key[bytes.LastIndexByte(key, '/')+1:]
-	raw, err := s.kv.Get(k(pKeyID + string(id)))
-	switch {
-	case errors.Is(err, errKVNotFound):
-		return false, nil
-	case err != nil:
-		return false, err
-	case len(raw) != len(h):
-		return false, fmt.Errorf("bad key index entry of %s", id)
-	}
-	copy(h[:], raw)
-	if err := s.getKeyRecord(h, rec); errors.Is(err, errKVNotFound) {
-		return false, nil // deleted (or rotated again) meanwhile: not one to count
-	} else if err != nil {
-		return false, err
-	}
-	return true, nil
+	return s.followKeyRecord(string(key[bytes.LastIndexByte(key, '/')+1:]), &h, rec)
 }
+
+// followKeyRecord reads into rec the record of key id under *h, which an
+// index named. The index and the record are two reads, and readers do not
+// hold wmu: a rotation committed between them (this node's or another's)
+// has moved the record to the new secret's hash, leaving nothing or a
+// grace record under the old one. The id index is then read again (*h
+// follows it), at most keyReadAttempts times in all; found is false when
+// the key was deleted meanwhile.
+func (s *Store) followKeyRecord(id string, h *SecretHash, rec *keyRecord) (found bool, err error) {
+	for attempt := 1; ; attempt++ {
+		*rec = keyRecord{}
+		err := s.getKeyRecord(*h, rec)
+		moved := errors.Is(err, errKVNotFound) || err == nil && rec.isGrace()
+		if !moved || attempt == keyReadAttempts {
+			return err == nil, err
+		}
+		raw, err := s.kv.Get(k(pKeyID + id))
+		switch {
+		case errors.Is(err, errKVNotFound):
+			return false, nil
+		case err != nil:
+			return false, err
+		case len(raw) != len(h):
+			return false, fmt.Errorf("bad key index entry of %s", id)
+		}
+		copy(h[:], raw)
+	}
+}
+
+// keyReadAttempts bounds followKeyRecord: each attempt after the first
+// follows one more rotation that committed while it read.
+const keyReadAttempts = 4
 
 func (s *Store) countActiveOwnerKeys(tenant, owner string, now time.Time) (int, error) {
 	recs, err := s.ownerKeys(tenant, owner)

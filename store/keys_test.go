@@ -949,3 +949,80 @@ func TestKeyUpdatedEventValues(t *testing.T) {
 		t.Fatal("event holds the secret")
 	}
 }
+
+// rotatingKV runs the hook's rotation once, right before the first read of
+// the key's record under its first secret's hash: a rotation that commits
+// between a reader's read of an index naming that hash and its read of the
+// record.
+type rotatingKV struct {
+	KV
+	hook atomic.Pointer[rotationHook]
+}
+
+type rotationHook struct {
+	record string // hashKey(pKeyHash, hash of the first secret)
+	rotate func()
+	ran    atomic.Bool
+}
+
+func (k *rotatingKV) Get(key []byte) ([]byte, error) {
+	if h := k.hook.Load(); h != nil && string(key) == h.record && h.ran.CompareAndSwap(false, true) {
+		h.rotate()
+	}
+	return k.KV.Get(key)
+}
+
+// TestReadKeyDuringRotation: a key rotated between a reader's two reads
+// (an index, then the record under the secret's hash it names) is read
+// again through the id index: GetKey and ListKeys answer the rotated key,
+// not 404, an error, or the rotated-out secret's record.
+func TestReadKeyDuringRotation(t *testing.T) {
+	readers := map[string]func(s *Store, id string) (*Key, error){
+		"GetKey": func(s *Store, id string) (*Key, error) { return s.GetKey("acme", id) },
+		"ListKeys": func(s *Store, id string) (*Key, error) {
+			page, err := s.ListKeys("acme", KeyQuery{})
+			if err != nil {
+				return nil, err
+			}
+			for _, k := range page.Keys {
+				if k.ID == id {
+					return k, nil
+				}
+			}
+			return nil, fmt.Errorf("key %s not listed (%d keys)", id, len(page.Keys))
+		},
+	}
+	for name, read := range readers {
+		for _, grace := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/grace=%v", name, grace), func(t *testing.T) {
+				clk := newClock()
+				kv := &rotatingKV{KV: memPebble(t)}
+				s := memStore(t, clk, func(o *Options) { o.KV = kv })
+				enable(t, s, "acme")
+				key, secret := mustKey(t, s, "acme", "alice", KeyInput{})
+				var rotated *Key
+				kv.hook.Store(&rotationHook{record: string(hashKey(pKeyHash, s.hasher.hash(secret))), rotate: func() {
+					clk.Advance(time.Minute) // the rotation's updated_at tells the records apart
+					var in RotateInput
+					if grace {
+						g := Duration(time.Hour)
+						in.GracePeriod = &g
+					}
+					var err error
+					rotated, _, err = s.RotateKey("op", "acme", key.ID, in)
+					mustNil(t, err)
+				}})
+				got, err := read(s, key.ID)
+				if err != nil {
+					t.Fatalf("%s while the key was rotated: %v", name, err)
+				}
+				if rotated == nil {
+					t.Fatalf("the rotation did not run between the reads of %s", name)
+				}
+				if !got.UpdatedAt.Equal(rotated.UpdatedAt) || got.Hint != rotated.Hint {
+					t.Fatalf("%s answered updated_at %s hint %q, want the rotated key's %s %q", name, got.UpdatedAt, got.Hint, rotated.UpdatedAt, rotated.Hint)
+				}
+			})
+		}
+	}
+}
