@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -257,4 +258,33 @@ func memStoreFS(t testing.TB, fs vfs.FS, clk *clock, pepper []byte) *Store {
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// hookKV runs its hook's fn once, at the first read of the hook's key,
+// before or after the read: it puts another writer's commit between two
+// steps of a store call. (A call that holds wmu meanwhile needs fn to
+// write through the KV itself, as another node would.)
+type hookKV struct {
+	KV
+	hook atomic.Pointer[readHook]
+}
+
+type readHook struct {
+	key    string
+	before bool
+	fn     func()
+	ran    atomic.Bool
+}
+
+func (k *hookKV) Get(key []byte) ([]byte, error) {
+	h := k.hook.Load()
+	fire := h != nil && string(key) == h.key && h.ran.CompareAndSwap(false, true)
+	if fire && h.before {
+		h.fn()
+	}
+	v, err := k.KV.Get(key)
+	if fire && !h.before {
+		h.fn()
+	}
+	return v, err
 }

@@ -950,28 +950,6 @@ func TestKeyUpdatedEventValues(t *testing.T) {
 	}
 }
 
-// rotatingKV runs the hook's rotation once, right before the first read of
-// the key's record under its first secret's hash: a rotation that commits
-// between a reader's read of an index naming that hash and its read of the
-// record.
-type rotatingKV struct {
-	KV
-	hook atomic.Pointer[rotationHook]
-}
-
-type rotationHook struct {
-	record string // hashKey(pKeyHash, hash of the first secret)
-	rotate func()
-	ran    atomic.Bool
-}
-
-func (k *rotatingKV) Get(key []byte) ([]byte, error) {
-	if h := k.hook.Load(); h != nil && string(key) == h.record && h.ran.CompareAndSwap(false, true) {
-		h.rotate()
-	}
-	return k.KV.Get(key)
-}
-
 // TestReadKeyDuringRotation: a key rotated between a reader's two reads
 // (an index, then the record under the secret's hash it names) is read
 // again through the id index: GetKey and ListKeys answer the rotated key,
@@ -996,12 +974,14 @@ func TestReadKeyDuringRotation(t *testing.T) {
 		for _, grace := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/grace=%v", name, grace), func(t *testing.T) {
 				clk := newClock()
-				kv := &rotatingKV{KV: memPebble(t)}
+				kv := &hookKV{KV: memPebble(t)}
 				s := memStore(t, clk, func(o *Options) { o.KV = kv })
 				enable(t, s, "acme")
 				key, secret := mustKey(t, s, "acme", "alice", KeyInput{})
 				var rotated *Key
-				kv.hook.Store(&rotationHook{record: string(hashKey(pKeyHash, s.hasher.hash(secret))), rotate: func() {
+				// Right before the reader reads the record under the first
+				// secret's hash, which an index named.
+				kv.hook.Store(&readHook{key: string(hashKey(pKeyHash, s.hasher.hash(secret))), before: true, fn: func() {
 					clk.Advance(time.Minute) // the rotation's updated_at tells the records apart
 					var in RotateInput
 					if grace {

@@ -392,14 +392,21 @@ func (s *Store) Close() error {
 }
 
 func (s *Store) getJSON(key []byte, v any) error {
+	_, err := s.getJSONRaw(key, v)
+	return err
+}
+
+// getJSONRaw is getJSON that also returns the stored bytes, for a write to
+// expect them unchanged (Batch.Expect).
+func (s *Store) getJSONRaw(key []byte, v any) ([]byte, error) {
 	raw, err := s.kv.Get(key)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
-		return fmt.Errorf("decode %q: %w", key, err)
+		return nil, fmt.Errorf("decode %q: %w", key, err)
 	}
-	return nil
+	return raw, nil
 }
 
 // getRecord reads one JSON record; a missing one is a not-found error

@@ -291,11 +291,20 @@ func (s *Store) ListTokens(tenant, user string) ([]*Token, error) {
 func (s *Store) RevokeToken(actor, tenant, user, id string) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.retryConflicts(fmt.Sprintf("other nodes changed token %q", truncate(id, 64)), func() error {
+		return s.revokeToken(actor, tenant, user, id)
+	})
+}
+
+// revokeToken is one attempt of RevokeToken; the caller holds wmu. The
+// write expects the token record it read: of two nodes revoking at once,
+// one revokes and the other answers that it is revoked already.
+func (s *Store) revokeToken(actor, tenant, user, id string) error {
 	var t tokenRecord
-	if err := s.getJSON(k(pToken+id), &t); err != nil {
-		if errors.Is(err, errKVNotFound) {
-			return notFound("token", id)
-		}
+	raw, err := s.getJSONRaw(k(pToken+id), &t)
+	if errors.Is(err, errKVNotFound) {
+		return notFound("token", id)
+	} else if err != nil {
 		return fmt.Errorf("read token: %w", err)
 	}
 	if t.Tenant != tenant || t.User != user {
@@ -307,6 +316,7 @@ func (s *Store) RevokeToken(actor, tenant, user, id string) error {
 	now := s.now().UTC()
 	t.RevokedAt = &now
 	c := newCommit()
+	c.b.Expect(k(pToken+id), raw)
 	c.b.Set(k(pToken+id), mustJSON(t))
 	s.event(&c.b, now, tenant, "token.revoked", actor, "", map[string]any{"user": user, "token_id": id})
 	return s.commit(c)

@@ -300,3 +300,31 @@ func TestTokenPepper(t *testing.T) {
 		t.Fatalf("key under its own pepper: %s", vname(v))
 	}
 }
+
+// TestRevokeTokenRacingAnotherNode: another node revokes the token between
+// this node's read of it and its commit. The commit expects the record it
+// read, so this node answers that the token is revoked already; without
+// that both answered revoked, and both wrote the record and an event.
+func TestRevokeTokenRacingAnotherNode(t *testing.T) {
+	clk := newClock()
+	kv := &hookKV{KV: memPebble(t)}
+	s := memStore(t, clk, func(o *Options) { o.KV = kv })
+	_, err := s.PutUser("op", DefaultTenant, "alice", []Role{RoleDeveloper})
+	mustNil(t, err)
+	tok, _, err := s.CreateToken("op", DefaultTenant, "alice", TokenInput{Name: "laptop"})
+	mustNil(t, err)
+	key := k(pToken + tok.ID)
+	kv.hook.Store(&readHook{key: string(key), fn: func() {
+		var rec tokenRecord
+		mustNil(t, s.getJSON(key, &rec))
+		at := clk.Now().UTC()
+		rec.RevokedAt = &at
+		var b Batch
+		b.Set(key, mustJSON(rec))
+		mustNil(t, kv.Apply(&b, true))
+	}})
+	wantErr(t, s.RevokeToken("op", DefaultTenant, "alice", tok.ID), KindConflict, "conflict")
+	if !kv.hook.Load().ran.Load() {
+		t.Fatal("the other node's revoke did not run")
+	}
+}
