@@ -111,6 +111,9 @@ func (s *Store) createKeys(actor, tenant, owner string, inputs []KeyInput) ([]*K
 	c.b.ops = make([]batchOp, 0, n*8+1)
 	c.fx.secrets = make([]SecretHash, 0, n)
 	ka.guard(c)
+	if err := s.guardOwner(c, ka, owner); err != nil {
+		return nil, nil, err
+	}
 	refs.guard(c, tenant)
 	recs := make([]*keyRecord, n)
 	secrets := make([]string, n)

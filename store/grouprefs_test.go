@@ -242,3 +242,70 @@ func TestTokenDeleteUserRace(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyAddDeleteUserRace: each way of adding an active key for a user
+// (create, bulk create, import, rotating an expired key) lands on one node
+// while DeleteUser of that user runs on another, after the delete read the
+// user's keys: the delete must read again and revoke it. Without the owner
+// guard (keyadds.go) the key stayed active for the deleted user.
+func TestKeyAddDeleteUserRace(t *testing.T) {
+	const tenant = "kur"
+	clk := newClock()
+	nodes := keyNodes(t, 2, clk)
+	_, err := nodes[0].CreateTenant("op", TenantInput{ID: tenant})
+	mustNil(t, err)
+	_, err = nodes[0].UpdateSettings("op", tenant, SettingsPatch{APIKeysEnabled: Some(true)})
+	mustNil(t, err)
+	adds := []struct {
+		name string
+		// prepare runs before the delete; add, during it, on the other
+		// node. add returns the id of the key it made active.
+		prepare func(t *testing.T, user string) string
+		add     func(t *testing.T, user, prepared string) string
+	}{
+		{"create", nil, func(t *testing.T, user, _ string) string {
+			key, _ := mustKey(t, nodes[1], tenant, user, KeyInput{})
+			return key.ID
+		}},
+		{"bulk create", nil, func(t *testing.T, user, _ string) string {
+			keys, _, err := nodes[1].CreateKeys("op", tenant, user, []KeyInput{{Name: "bulk"}})
+			mustNil(t, err)
+			return keys[0].ID
+		}},
+		{"import", nil, func(t *testing.T, user, _ string) string {
+			res, n, err := nodes[1].ImportKeys("op", tenant, user, []ImportInput{{KeyInput: KeyInput{Name: "imported"}, Secret: "imported-" + user + "-0123456789abcdef"}})
+			mustNil(t, err)
+			if n != 1 || res[0].ID == nil {
+				t.Fatalf("import: %+v", res[0])
+			}
+			return *res[0].ID
+		}},
+		{"rotate expired", func(t *testing.T, user string) string {
+			key, _ := mustKey(t, nodes[0], tenant, user, KeyInput{ExpiresAt: ptr(clk.Now().Add(time.Minute))})
+			clk.Advance(time.Minute)
+			return key.ID
+		}, func(t *testing.T, _, id string) string {
+			_, _, err := nodes[1].RotateKey("op", tenant, id, RotateInput{ExpiresAt: ptr(clk.Now().Add(time.Hour))})
+			mustNil(t, err)
+			return id
+		}},
+	}
+	for _, a := range adds {
+		t.Run(a.name+" lands during the delete", func(t *testing.T) {
+			user := "user-" + strings.ReplaceAll(a.name, " ", "-")
+			_, err := nodes[0].PutUser("op", tenant, user, []Role{RoleDeveloper})
+			mustNil(t, err)
+			var prepared, added string
+			if a.prepare != nil {
+				prepared = a.prepare(t, user)
+			}
+			holdOnce(t, nodes[0], user, func() { added = a.add(t, user, prepared) })
+			mustNil(t, nodes[0].DeleteUser("op", tenant, user))
+			key, err := nodes[0].GetKey(tenant, added)
+			mustNil(t, err)
+			if key.Status != StatusRevoked {
+				t.Errorf("%s for a user deleted meanwhile: the key is %s, want revoked", a.name, key.Status)
+			}
+		})
+	}
+}

@@ -229,6 +229,9 @@ func (s *Store) importKeys(actor, tenant, ownerDefault string, inputs []ImportIn
 			ID: id, Tenant: tenant, Name: in.Name, Description: in.Description, Owner: owner,
 			Group: in.Group, IPAllowlist: allow, Hint: ImportedHint(in.Secret), CreatedAt: now, UpdatedAt: now, ExpiresAt: exp,
 		}
+		if err := s.guardOwner(c, ka, owner); err != nil {
+			return nil, 0, err
+		}
 		// Checked absent above; another node may be storing it now.
 		c.b.Expect(hashKey(pKeyHash, h), nil)
 		s.putKey(c, rec, h)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -35,6 +36,14 @@ import (
 // the limits rewrites the tenant record, which the guard expects unchanged.
 // An import also expects each imported secret's record absent, so two
 // nodes never store one secret twice.
+//
+// The same commits guard each owner who is a user (guardOwner). DeleteUser
+// revokes the user's active keys in a commit that expects the user's
+// reference marker (pUserRefs, users.go) unchanged; a key add for a user
+// rewrites that marker and expects the user's record unchanged. Of a
+// delete and a key add on two nodes, either the delete reads the key and
+// revokes it, or the add finds the user gone (and its owner is then a name
+// that is not a user, as after the delete on one node).
 
 // pKeyAdds holds each tenant's key-add sequence:
 //
@@ -57,6 +66,7 @@ type keyAdds struct {
 	seq     []byte // nil: none yet
 	trecRaw []byte
 	trec    *tenantRecord
+	owners  map[string]bool // guarded already (guardOwner)
 }
 
 // readKeyAdds reads the tenant's key-add sequence, then its record.
@@ -96,6 +106,30 @@ func (ka *keyAdds) guard(c *commit) {
 		n = binary.BigEndian.Uint64(ka.seq)
 	}
 	c.b.Set(key, binary.BigEndian.AppendUint64(nil, n+1))
+}
+
+// guardOwner guards, once per owner and commit, a key the commit adds for
+// owner: when owner is a user, c expects the user's record unchanged and
+// rewrites its reference marker.
+func (s *Store) guardOwner(c *commit, ka *keyAdds, owner string) error {
+	if ka.owners[owner] {
+		return nil
+	}
+	if ka.owners == nil {
+		ka.owners = map[string]bool{}
+	}
+	ka.owners[owner] = true
+	user := k(pUser+ka.tenant, owner)
+	raw, err := s.kv.Get(user)
+	switch {
+	case errors.Is(err, errKVNotFound):
+		return nil // not a user: no delete to meet
+	case err != nil:
+		return fmt.Errorf("read user %s: %w", owner, err)
+	}
+	c.b.Expect(user, raw)
+	c.b.Set(k(pUserRefs+ka.tenant, owner), []byte(rand.Text()))
+	return nil
 }
 
 // retryKeyAdds runs add (which reads, checks and commits a guarded batch)

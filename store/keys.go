@@ -138,6 +138,9 @@ func (s *Store) createKey(actor, tenant, owner string, in KeyInput) (*Key, strin
 
 	c := newCommit()
 	ka.guard(c)
+	if err := s.guardOwner(c, ka, owner); err != nil {
+		return nil, "", err
+	}
 	refs.guard(c, tenant)
 	rec, secret := s.newKeyInto(c, actor, tenant, owner, &in, exp, allow, now)
 	if err := s.commit(c); err != nil {
@@ -655,6 +658,9 @@ func (s *Store) rotateKey(actor, tenant, id string, in RotateInput) (*Key, strin
 	c := newCommit()
 	if expired {
 		ka.guard(c)
+		if err := s.guardOwner(c, ka, rec.Owner); err != nil {
+			return nil, "", err
+		}
 	}
 	// A revoke (or another rotation) committed since the read makes this
 	// one read again (keyguard.go): it never brings back what that ended.
