@@ -1,7 +1,6 @@
 package store
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -39,8 +38,8 @@ import (
 //
 // The same commits guard each owner who is a user (guardOwner). DeleteUser
 // revokes the user's active keys in a commit that expects the user's
-// reference marker (pUserRefs, users.go) unchanged; a key add for a user
-// rewrites that marker and expects the user's record unchanged. Of a
+// reference mark (pUserRefs, users.go) unchanged; a key add for a user
+// rewrites that mark and expects the user's record unchanged. Of a
 // delete and a key add on two nodes, either the delete reads the key and
 // revokes it, or the add finds the user gone (and its owner is then a name
 // that is not a user, as after the delete on one node).
@@ -109,8 +108,7 @@ func (ka *keyAdds) guard(c *commit) {
 }
 
 // guardOwner guards, once per owner and commit, a key the commit adds for
-// owner: when owner is a user, c expects the user's record unchanged and
-// rewrites its reference marker.
+// owner: when owner is a user, guardUser.
 func (s *Store) guardOwner(c *commit, ka *keyAdds, owner string) error {
 	if ka.owners[owner] {
 		return nil
@@ -119,16 +117,14 @@ func (s *Store) guardOwner(c *commit, ka *keyAdds, owner string) error {
 		ka.owners = map[string]bool{}
 	}
 	ka.owners[owner] = true
-	user := k(pUser+ka.tenant, owner)
-	raw, err := s.kv.Get(user)
+	raw, err := s.kv.Get(k(pUser+ka.tenant, owner))
 	switch {
 	case errors.Is(err, errKVNotFound):
 		return nil // not a user: no delete to meet
 	case err != nil:
 		return fmt.Errorf("read user %s: %w", owner, err)
 	}
-	c.b.Expect(user, raw)
-	c.b.Set(k(pUserRefs+ka.tenant, owner), []byte(rand.Text()))
+	guardUser(c, ka.tenant, owner, raw)
 	return nil
 }
 

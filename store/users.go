@@ -103,18 +103,26 @@ func (s *Store) DeleteUser(actor, tenant, id string) error {
 	})
 }
 
-// pUserRefs holds each user's token mark:
+// pUserRefs holds each user's reference mark:
 //
 //	ur/<tenant>/<user> → random bytes, rewritten by each CreateToken for it
+//	                     and each key-adding commit for it (keyadds.go)
 //
-// A token is issued only to an existing user, and DeleteUser revokes every
-// token of the user; across nodes the two are kept apart as a group and
-// the keys naming it are (grouprefs.go): CreateToken expects the user
-// record unchanged and rewrites the mark, DeleteUser reads the mark before
-// it lists the tokens and expects mark and user unchanged. Otherwise a
-// token issued at the moment of the delete would stay active, and work
-// again once a user of that id is created anew.
+// DeleteUser revokes every token and active key of the user; across nodes
+// it and those writes are kept apart as a group and the keys naming it are
+// (grouprefs.go): they expect the user record unchanged and rewrite the
+// mark (guardUser), DeleteUser reads the mark before it lists the tokens
+// and keys and expects mark and user unchanged. Otherwise a token or key
+// issued at the moment of the delete would stay active (a token would work
+// again once a user of that id is created anew).
 const pUserRefs = "ur/"
+
+// guardUser makes c commit only if the user's record is still raw, and
+// rewrites the user's reference mark, which DeleteUser expects unchanged.
+func guardUser(c *commit, tenant, user string, raw []byte) {
+	c.b.Expect(k(pUser+tenant, user), raw)
+	c.b.Set(k(pUserRefs+tenant, user), []byte(rand.Text()))
+}
 
 // deleteUser is one attempt of DeleteUser; the caller holds wmu.
 func (s *Store) deleteUser(actor, tenant, id string) error {
@@ -224,8 +232,7 @@ func (s *Store) createToken(actor, tenant, user string, in TokenInput, now time.
 		t.ExpiresAt = &e
 	}
 	c := newCommit()
-	c.b.Expect(k(pUser+tenant, user), raw)
-	c.b.Set(k(pUserRefs+tenant, user), []byte(rand.Text()))
+	guardUser(c, tenant, user, raw)
 	c.b.Set(k(pToken+t.ID), mustJSON(t))
 	c.b.Set(hashKey(pTokenHash, t.Hash), []byte(t.ID))
 	c.b.Set(k(pTokenUser+tenant, user, t.ID), nil)
