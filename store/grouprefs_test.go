@@ -308,4 +308,22 @@ func TestKeyAddDeleteUserRace(t *testing.T) {
 			}
 		})
 	}
+	// The other order: the delete lands while the create's commit is held.
+	// The create finds the user gone and reads again; its key then has an
+	// owner that is no longer a user, as after the delete on one node.
+	t.Run("delete lands during the create", func(t *testing.T) {
+		const user = "user-deleted-during-create"
+		_, err := nodes[0].PutUser("op", tenant, user, []Role{RoleDeveloper})
+		mustNil(t, err)
+		holdOnce(t, nodes[1], user, func() { mustNil(t, nodes[0].DeleteUser("op", tenant, user)) })
+		key, _ := mustKey(t, nodes[1], tenant, user, KeyInput{})
+		if _, err := nodes[0].GetUser(tenant, user); KindOf(err) != KindNotFound {
+			t.Fatalf("the user after its delete: %v", err)
+		}
+		got, err := nodes[0].GetKey(tenant, key.ID)
+		mustNil(t, err)
+		if got.Status != StatusActive || got.Owner != user {
+			t.Errorf("key created after its owner's delete: %s, owner %s", got.Status, got.Owner)
+		}
+	})
 }
